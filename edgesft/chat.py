@@ -1,0 +1,116 @@
+"""Chat rendering shared by training, evaluation and export: one template, baked into the tokenizer.
+
+The system prompt a recipe sets is written into the tokenizer's chat template, so every artifact that
+inherits the tokenizer renders prompts exactly as training did, with no system argument to forget.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from edgesft.errors import EdgesftError
+
+# ChatML with no default system turn: the stock SmolLM2 template adds ~20 tokens of system prompt to every
+# conversation that has none, which costs prefill time on a phone for no task benefit.
+_CHATML = (
+    "{%- for message in messages -%}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
+)
+
+
+def build_template(original: str | None, system_prompt: str | None) -> tuple[str, bool]:
+    """Return (template, removed_default_system) for a tokenizer's original chat template.
+
+    ChatML templates are replaced by a clean ChatML one; other templates are kept. A recipe system prompt is
+    prepended inside the template whenever the conversation has no system turn of its own.
+    """
+    if original is None:
+        base, removed = _CHATML, False
+    elif "<|im_start|>" in original:
+        base, removed = _CHATML, "system" in original and "You are" in original
+    else:
+        base, removed = original, False
+    if system_prompt is None:
+        return base, removed
+    prefix = (
+        "{%- if messages and messages[0]['role'] != 'system' -%}"
+        f"{{%- set messages = [{{'role': 'system', 'content': {json.dumps(system_prompt)}}}] + messages -%}}"
+        "{%- endif -%}"
+    )
+    return prefix + base, removed
+
+
+def prepare_tokenizer(tok: Any, system_prompt: str | None, extra_special_tokens: list[str]) -> dict[str, Any]:
+    """Set the run's chat template (and extra special tokens) on ``tok`` in place; return what changed."""
+    template, removed = build_template(tok.chat_template, system_prompt)
+    tok.chat_template = template
+    added = 0
+    if extra_special_tokens:
+        added = tok.add_special_tokens({"additional_special_tokens": list(extra_special_tokens)})
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return {"removed_default_system_prompt": removed, "added_special_tokens": added}
+
+
+def render(tok: Any, messages: list[dict[str, str]], add_generation_prompt: bool = False) -> str:
+    """Render messages with the tokenizer's chat template."""
+    try:
+        return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    except Exception as e:  # jinja errors from a user-supplied template
+        raise EdgesftError(f"chat template failed to render a conversation: {e}") from e
+
+
+def encode(tok: Any, text: str) -> list[int]:
+    """Token ids of already-rendered text (the template carries every special token; none are added)."""
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
+class RenderError(ValueError):
+    """A conversation the chat template cannot split into prompt and answer tokens."""
+
+
+def encode_conversation(
+    tok: Any, messages: list[dict[str, str]], train_on_prompt: bool = False
+) -> tuple[list[int], list[int]]:
+    """Tokenize a conversation for SFT: (input_ids, labels) with -100 on tokens that carry no loss.
+
+    Each assistant turn is located by rendering the conversation up to it, so any chat template works. Its
+    tokens up to and including the first EOS carry loss; what the template renders after EOS (a newline in
+    ChatML) does not, and the sequence ends at the last assistant EOS. EOS is appended when the template
+    does not emit it, so the model always learns to stop.
+    """
+    eos = tok.eos_token_id
+    full = encode(tok, render(tok, messages))
+    trainable = [train_on_prompt] * len(full)
+    end = len(full)
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        prompt = encode(tok, render(tok, messages[:i], add_generation_prompt=True))
+        upto = encode(tok, render(tok, messages[: i + 1]))
+        if full[: len(upto)] != upto or upto[: len(prompt)] != prompt:
+            raise RenderError("chat template renders this conversation inconsistently (prefix mismatch)")
+        span = upto[len(prompt) :]
+        stop = span.index(eos) + 1 if eos in span else len(span)
+        for j in range(len(prompt), len(prompt) + stop):
+            trainable[j] = True
+        for j in range(len(prompt) + stop, len(upto)):
+            trainable[j] = train_on_prompt
+        end = len(prompt) + stop
+    ids = full[:end] if messages[-1]["role"] == "assistant" else full
+    trainable = trainable[: len(ids)]
+    if messages[-1]["role"] == "assistant" and (not ids or ids[-1] != eos):
+        ids = ids + [eos]
+        trainable = trainable + [True]
+    labels = [t if keep else -100 for t, keep in zip(ids, trainable, strict=True)]
+    return ids, labels
+
+
+def prompt_and_answer(messages: list[dict[str, str]]) -> tuple[list[dict[str, str]], str]:
+    """Split a conversation into the prompt turns and the final assistant answer (for evaluation)."""
+    if not messages or messages[-1]["role"] != "assistant":
+        raise RenderError("the last turn must be the assistant's answer")
+    return messages[:-1], messages[-1]["content"]

@@ -1,0 +1,159 @@
+"""Command line: parse, load the recipe, call the library. User errors exit with code 2 and no traceback."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from edgesft import __version__
+from edgesft.errors import EdgesftError
+
+COMMANDS = ("validate", "run", "eval", "stages", "recipe-reference")
+
+
+def _quiet_libraries() -> None:
+    # Library chatter (deprecation notices, "legacy behaviour" banners) buries the figures users need.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import warnings
+
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from edgesft.config import load_recipe
+    from edgesft.stages import STAGES
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    print(f"{args.recipe}: ok (name {recipe.name!r}, stages: {', '.join(STAGES)}, "
+          f"model {recipe.model.base!r}, method {recipe.train.method!r})")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from edgesft.config import load_recipe
+    from edgesft.pipeline import init_distributed, is_main, run_pipeline
+    from edgesft.stages import STAGES
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    if args.root:
+        recipe.run_root = args.root
+    init_distributed()
+    log = print if is_main() else (lambda _msg: None)
+    manifests = run_pipeline(recipe, STAGES, args.force, args.from_stage, args.until, log=log)
+    if is_main():
+        _print_run_summary(manifests)
+    return 0
+
+
+def _print_run_summary(manifests: dict[str, dict[str, Any]]) -> None:
+    train = manifests.get("train", {}).get("metrics", {})
+    if not train:
+        return
+    parts = [f"train: {train.get('steps')} steps, {train.get('train_tokens_per_s')} tok/s"]
+    if train.get("val_loss") is not None:
+        parts.append(f"val loss {train['val_loss']:.4f} (ppl {train['val_perplexity']:.2f})")
+    test, base = train.get("test"), train.get("base", {}).get("test")
+    if test and "exact_match" in test:
+        line = f"test exact-match {test['exact_match']:.1%}"
+        if "valid_json" in test:
+            line += f", valid JSON {test['valid_json']:.1%}"
+        if base and "exact_match" in base:
+            line += f" (base: {base['exact_match']:.1%}"
+            line += f", {base['valid_json']:.1%})" if "valid_json" in base else ")"
+        parts.append(line)
+    print("; ".join(parts))
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from edgesft.evaluate import evaluate_target
+
+    result = evaluate_target(
+        args.target, Path(args.data), task=args.task, max_rows=args.max_rows,
+        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, progress=not args.json,
+    )
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        m = result["metrics"]
+        print(f"{args.target} on {args.data} ({m.get('n', 0)} rows)")
+        for k in ("exact_match", "intent_accuracy", "slot_f1", "valid_json", "loss", "perplexity"):
+            if k in m:
+                print(f"  {k:16s} {m[k]:.4f}")
+    return 0
+
+
+def cmd_stages(args: argparse.Namespace) -> int:
+    from edgesft.stages import STAGES
+
+    for name, spec in STAGES.items():
+        print(f"{name:8s} {spec.description}")
+    return 0
+
+
+def cmd_recipe_reference(args: argparse.Namespace) -> int:
+    from edgesft.docs import recipe_reference
+
+    print(recipe_reference())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="edgesft", description="Fine-tune, compress, export and verify small language models for the edge."
+    )
+    p.add_argument("--version", action="version", version=f"edgesft {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    v = sub.add_parser("validate", help="check a recipe and report every problem at once")
+    v.add_argument("recipe")
+    v.add_argument("overrides", nargs="*", metavar="key.path=value")
+    v.set_defaults(func=cmd_validate)
+
+    r = sub.add_parser("run", help="run a recipe's stages (cached stages are skipped)")
+    r.add_argument("recipe")
+    r.add_argument("overrides", nargs="*", metavar="key.path=value")
+    r.add_argument("--force", action="store_true", help="re-run every stage")
+    r.add_argument("--from", dest="from_stage", metavar="STAGE", help="re-run this stage and the ones after it")
+    r.add_argument("--until", metavar="STAGE", help="stop after this stage")
+    r.add_argument("--root", help="run folder root (overrides run_root)")
+    r.set_defaults(func=cmd_run)
+
+    e = sub.add_parser("eval", help="task metrics of a model or a run's stage folder on a data file")
+    e.add_argument("target", help="stage folder (runs/NAME/train), model folder, .gguf, or a model name")
+    e.add_argument("--data", required=True, help="JSONL/JSON/CSV file in any supported row format")
+    e.add_argument("--task", choices=("json", "text"), default="json")
+    e.add_argument("--max-rows", type=int, default=None)
+    e.add_argument("--max-new-tokens", type=int, default=64)
+    e.add_argument("--batch-size", type=int, default=32)
+    e.add_argument("--json", action="store_true", help="machine-readable output")
+    e.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("stages", help="list the pipeline stages")
+    s.set_defaults(func=cmd_stages)
+    d = sub.add_parser("recipe-reference", help="print every recipe field with its default and meaning")
+    d.set_defaults(func=cmd_recipe_reference)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    _quiet_libraries()
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except EdgesftError as e:
+        for line in e.problems:
+            print(f"error: {line}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

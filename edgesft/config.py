@@ -1,0 +1,474 @@
+"""Typed recipe: one section per stage, every field with a default, a docstring and a range check.
+
+A recipe is YAML (safe-loaded) validated into :class:`Recipe`. All problems are collected and reported at
+once, each with its dotted path and, where it came from the file, its line number.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from edgesft.errors import RecipeError
+
+EMBEDDED_MODEL = "smollm2-135m-instruct"
+TINY_MODEL = "tiny-llama"
+
+
+class _Section(BaseModel):
+    # Attribute docstrings become field descriptions: the docs, the CLI help and the errors share them.
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, protected_namespaces=())
+
+
+class TinyModelConfig(_Section):
+    """Shape of the random ``tiny-llama`` model (tests and ci-smoke)."""
+
+    layers: int = Field(2, ge=1, le=64)
+    """Number of decoder blocks."""
+    hidden: int = Field(64, ge=16, le=4096)
+    """Hidden size; must be divisible by ``heads``."""
+    heads: int = Field(4, ge=1, le=64)
+    """Attention heads."""
+    kv_heads: int = Field(2, ge=1, le=64)
+    """Key/value heads (grouped-query attention); must divide ``heads``."""
+    intermediate: int = Field(128, ge=16, le=16384)
+    """MLP intermediate size."""
+    seed: int = Field(0, ge=0)
+    """Seed of the random initialisation."""
+
+
+class ModelConfig(_Section):
+    """The base model and how conversations are rendered for it."""
+
+    base: str = EMBEDDED_MODEL
+    """`smollm2-135m-instruct` (embedded, offline), `tiny-llama` (random, for tests), a Hugging Face hub id,
+    a local Hugging Face folder, or a local `.gguf` file."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) when `base` is a hub id."""
+    trust_remote_code: bool = False
+    """Allow model code from the hub. Off unless you trust the repository."""
+    system_prompt: str | None = None
+    """System turn rendered before every conversation, in training and inference alike. None renders no
+    system turn: a default system prompt in the chat template is removed, because every prompt token costs
+    prefill time on a phone."""
+    extra_special_tokens: list[str] = Field(default_factory=list)
+    """Special tokens added to the tokenizer; the embedding matrix is resized and the new rows trained."""
+    tiny: TinyModelConfig = Field(default_factory=TinyModelConfig)
+    """Shape of the random model when `base` is `tiny-llama`."""
+
+
+class AugmentConfig(_Section):
+    """Cheap augmentation of user turns that adds variety without changing targets."""
+
+    enabled: bool = False
+    """Add augmented copies of training rows (never of validation or test rows)."""
+    copies: int = Field(1, ge=1, le=10)
+    """Augmented copies per training row."""
+    ops: list[Literal["case", "punctuation", "filler", "typo"]] = Field(
+        default_factory=lambda: ["case", "punctuation", "filler"]
+    )
+    """Noise applied to the user turn: `case` (lower/upper/title), `punctuation` (drop or add trailing
+    punctuation), `filler` (um, please, hey), `typo` (swap two adjacent letters in one word)."""
+    prob: float = Field(0.5, gt=0.0, le=1.0)
+    """Probability that each op is applied to a copy."""
+
+
+class DataConfig(_Section):
+    """Where the data comes from and how it is cleaned, rendered and split."""
+
+    train: list[str] = Field(default_factory=list)
+    """Training files (JSONL, JSON or CSV), relative to the recipe file. A single path is accepted."""
+    val: str | None = None
+    """Validation file; when absent, `val_fraction` of the training rows is held out."""
+    test: str | None = None
+    """Test file for the task metrics (exact-match, intent accuracy, slot F1, valid JSON)."""
+    hf_dataset: str | None = None
+    """Hugging Face dataset name to use instead of `train` files (needs the network)."""
+    hf_config: str | None = None
+    """Configuration name of `hf_dataset`."""
+    hf_split: str = "train"
+    """Split of `hf_dataset` used for training."""
+    format: Literal["auto", "messages", "alpaca", "prompt_completion"] = "auto"
+    """Row format: chat `messages`, alpaca (`instruction`/`input`/`output`), `prompt`/`completion`, or
+    `auto` to detect it per row."""
+    val_fraction: float = Field(0.1, ge=0.0, le=0.5)
+    """Fraction of training rows held out for validation when `val` is not given."""
+    max_length: int = Field(512, ge=8, le=131072)
+    """Maximum tokens per example."""
+    overlong: Literal["drop", "truncate"] = "drop"
+    """What to do with an example longer than `max_length`: drop it, or truncate it (from the right)."""
+    train_on_prompt: bool = False
+    """Compute the loss on prompt tokens too (by default only assistant tokens carry loss)."""
+    packing: bool = False
+    """Pack several examples into one sequence of up to `max_length` tokens (less padding; examples in a
+    pack can attend to each other)."""
+    dedup: Literal["none", "exact", "normalized"] = "normalized"
+    """Drop duplicate rows: `exact` text, or `normalized` (case, whitespace and punctuation folded)."""
+    on_error: Literal["fail", "skip"] = "fail"
+    """A malformed row stops the run (`fail`, with file and line) or is skipped and counted (`skip`)."""
+    min_response_chars: int = Field(1, ge=0)
+    """Rows whose assistant turn has fewer characters are dropped as empty."""
+    label_key: str | None = None
+    """Key of a JSON assistant answer counted per value in the data summary (e.g. `intent`)."""
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    """Augmentation of training rows."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_train_path(cls, value: Any) -> Any:
+        if isinstance(value, dict) and isinstance(value.get("train"), str):
+            value = {**value, "train": [value["train"]]}
+        return value
+
+
+class LoraSection(_Section):
+    """LoRA/DoRA adapter shape (methods `qlora`, `lora`, `dora`)."""
+
+    r: int = Field(16, ge=1, le=1024)
+    """Rank of the update matrices."""
+    alpha: float = Field(32.0, gt=0)
+    """Scaling numerator (the update is scaled by alpha / r)."""
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    """Dropout on the adapter input."""
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    """Module names to adapt (e.g. [q_proj, v_proj]) or `all-linear`."""
+
+
+class QuantSection(_Section):
+    """4-bit base for `qlora` (bitsandbytes)."""
+
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    """4-bit data type."""
+    double_quant: bool = True
+    """Quantize the quantization constants too (saves ~0.4 bit per weight)."""
+
+
+class PromptTuningSection(_Section):
+    """Soft prompt (method `prompt_tuning`)."""
+
+    num_virtual_tokens: int = Field(16, ge=1, le=512)
+    """Length of the learned soft prompt."""
+    init_text: str | None = None
+    """Initialise the soft prompt from the embeddings of this text (random when absent)."""
+
+
+TRAIN_METHODS = ("qlora", "lora", "dora", "full", "freeze", "prompt_tuning", "output_layer")
+
+
+class TrainConfig(_Section):
+    """Supervised fine-tuning."""
+
+    method: Literal["qlora", "lora", "dora", "full", "freeze", "prompt_tuning", "output_layer"] = "qlora"
+    """`qlora` (LoRA on a 4-bit nf4 base), `lora`, `dora`, `full`, `freeze` (only the top blocks train),
+    `prompt_tuning` (soft prompt), `output_layer` (LM head and final norm only)."""
+    lora: LoraSection = Field(default_factory=LoraSection)
+    """Adapter shape for qlora/lora/dora."""
+    qlora: QuantSection = Field(default_factory=QuantSection)
+    """4-bit base settings for qlora."""
+    prompt_tuning: PromptTuningSection = Field(default_factory=PromptTuningSection)
+    """Soft-prompt settings."""
+    trainable_layers: int = Field(2, ge=1, le=1024)
+    """Method `freeze`: number of top decoder blocks that train (the final norm trains too)."""
+    optimizer: Literal["adamw_torch", "adamw_torch_fused", "sgd", "adafactor"] = "adamw_torch"
+    """Optimizer (transformers' names)."""
+    learning_rate: float = Field(2e-4, gt=0.0, le=1.0)
+    """Peak learning rate."""
+    lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    """Schedule after warmup."""
+    warmup_ratio: float = Field(0.05, ge=0.0, le=0.5)
+    """Fraction of steps with linear warmup."""
+    weight_decay: float = Field(0.0, ge=0.0, le=1.0)
+    """Decoupled weight decay."""
+    max_grad_norm: float = Field(1.0, ge=0.0)
+    """Gradient clipping (0 disables it)."""
+    batch_size: int = Field(8, ge=1, le=4096)
+    """Examples per device per step."""
+    grad_accum: int = Field(1, ge=1, le=1024)
+    """Gradient accumulation steps."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass (less memory, ~30% slower)."""
+    epochs: float = Field(1.0, gt=0.0, le=1000.0)
+    """Passes over the training data (ignored when `max_steps` is set)."""
+    max_steps: int | None = Field(None, ge=1)
+    """Stop after this many optimizer steps."""
+    eval_steps: int = Field(50, ge=1)
+    """Evaluate the validation loss every N steps."""
+    save_steps: int | None = Field(None, ge=1)
+    """Checkpoint every N steps (default: `eval_steps`). A killed run resumes from the last checkpoint."""
+    early_stopping_patience: int | None = Field(3, ge=1)
+    """Stop after this many evaluations without a better validation loss (None disables it); the best
+    checkpoint is kept."""
+    early_stopping_threshold: float = Field(0.0, ge=0.0)
+    """Minimum validation-loss improvement that counts."""
+    logging_steps: int = Field(10, ge=1)
+    """Log the training loss every N steps."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Compute dtype; `auto` picks bfloat16 where the CPU/GPU supports it, else float32."""
+    threads: int | None = Field(None, ge=1, le=1024)
+    """CPU threads for torch (default: all cores)."""
+    tensorboard: bool = False
+    """Write TensorBoard logs to the stage folder."""
+
+
+class EvalConfig(_Section):
+    """Task metrics of a model on the test split (greedy decoding)."""
+
+    task: Literal["json", "text"] = "json"
+    """`json`: the answer is a JSON object (exact-match of parsed JSON, intent accuracy, slot F1, valid
+    JSON rate); `text`: exact-match of the stripped answer."""
+    max_new_tokens: int = Field(64, ge=1, le=4096)
+    """Generation budget per answer."""
+    batch_size: int = Field(32, ge=1, le=1024)
+    """Prompts decoded together."""
+    max_rows: int | None = Field(None, ge=1)
+    """Evaluate on at most this many test rows (all when absent)."""
+    evaluate_base: bool = True
+    """Also measure the untuned base model, for comparison."""
+
+
+class Recipe(_Section):
+    """A whole pipeline: the stage sections together."""
+
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    """Run name (folder under `run_root`); defaults to the recipe file name."""
+    run_root: str = "runs"
+    """Folder that holds `<name>/<stage>/`, relative to the working directory."""
+    seed: int = Field(42, ge=0)
+    """Seed for data splits, augmentation and training."""
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    """Base model."""
+    data: DataConfig = Field(default_factory=DataConfig)
+    """Training data."""
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    """Fine-tuning."""
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    """Task metrics."""
+
+    # Set by the loader, not by the YAML: where relative data paths are resolved from.
+    _base_dir: Path = Path(".")
+
+    def resolve_path(self, path: str) -> Path:
+        """Return ``path`` resolved against the recipe file's folder."""
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else (self._base_dir / p)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.run_root) / (self.name or "recipe")
+
+
+# --------------------------------------------------------------------------------------------------------
+# Cross-field checks: combinations that cannot work. Each returns (dotted path, message) pairs.
+
+
+def _combination_problems(recipe: Recipe) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    d, t = recipe.data, recipe.train
+    if not d.train and not d.hf_dataset:
+        out.append(("data.train", "no training data: give `data.train` files or `data.hf_dataset`"))
+    has_val = d.val is not None or d.val_fraction > 0
+    if t.early_stopping_patience is not None and not has_val:
+        out.append(
+            (
+                "train.early_stopping_patience",
+                "early stopping needs a validation split: set `data.val` or `data.val_fraction` > 0, "
+                "or set this to null",
+            )
+        )
+    if t.method == "qlora" and importlib.util.find_spec("bitsandbytes") is None:
+        out.append(("train.method", "qlora needs bitsandbytes: pip install bitsandbytes"))
+    if recipe.model.extra_special_tokens and t.method in ("freeze", "prompt_tuning"):
+        out.append(
+            (
+                "model.extra_special_tokens",
+                f"method {t.method!r} does not train the embeddings, so new tokens would stay random; "
+                "use lora/qlora/dora/full/output_layer",
+            )
+        )
+    if t.dtype == "float16":
+        import torch
+
+        if not torch.cuda.is_available():
+            out.append(("train.dtype", "float16 training needs a CUDA GPU; use bfloat16 or float32 on CPU"))
+    tiny = recipe.model.tiny
+    if recipe.model.base == TINY_MODEL:
+        if tiny.hidden % tiny.heads:
+            out.append(("model.tiny.hidden", f"{tiny.hidden} is not divisible by heads={tiny.heads}"))
+        if tiny.heads % tiny.kv_heads:
+            out.append(("model.tiny.kv_heads", f"{tiny.kv_heads} does not divide heads={tiny.heads}"))
+    if recipe.eval.max_new_tokens >= d.max_length:
+        out.append(("eval.max_new_tokens", f"must be below data.max_length ({d.max_length})"))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------
+# Loading
+
+
+def _line_map(text: str) -> dict[str, int]:
+    """Map dotted key paths to 1-based line numbers, from the YAML node tree (safe composer)."""
+    lines: dict[str, int] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                name = f"{prefix}{key.value}"
+                lines[name] = key.start_mark.line + 1
+                walk(value, name + ".")
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                lines[f"{prefix}{i}"] = item.start_mark.line + 1
+                walk(item, f"{prefix}{i}.")
+
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return lines
+    if root is not None:
+        walk(root, "")
+    return lines
+
+
+def _section_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The config class that owns the field at ``loc`` (for did-you-mean on unknown keys)."""
+    cls: Any = Recipe
+    for part in loc:
+        field = cls.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            return None
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            cls = ann
+        else:
+            return None
+    return cls
+
+
+def _format_errors(
+    exc: ValidationError, where: str, lines: dict[str, int], overrides: set[str]
+) -> list[str]:
+    out = []
+    for err in exc.errors():
+        loc = tuple(p for p in err["loc"] if p not in ("function-before", "function-after"))
+        path = ".".join(str(p) for p in loc)
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            parent = _section_at(loc[:-1])
+            known = list(parent.model_fields) if parent else []
+            close = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
+            msg = f"unknown key {loc[-1]!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+            if known:
+                msg += f"; known keys: {', '.join(known)}"
+        elif err["type"] in ("literal_error", "enum"):
+            msg = msg.replace("Input should be", "must be")
+        else:
+            got = err.get("input")
+            if not isinstance(got, dict | list):
+                msg += f" (got {got!r})"
+        out.append(f"{_origin(path, where, lines, overrides)}: {path}: {msg}")
+    return out
+
+
+def _origin(path: str, where: str, lines: dict[str, int], overrides: set[str]) -> str:
+    if any(path == o or path.startswith(o + ".") for o in overrides):
+        return "override"
+    parts = path.split(".")
+    while parts:  # the nearest key that is in the file
+        if ".".join(parts) in lines:
+            return f"{where}:{lines['.'.join(parts)]}"
+        parts.pop()
+    return where
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> set[str]:
+    """Apply ``key.path=value`` overrides in place (values parsed as YAML); return the paths set."""
+    paths = set()
+    for item in overrides:
+        if "=" not in item:
+            raise RecipeError(f"override {item!r}: expected key.path=value")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key or any(not p for p in key.split(".")):
+            raise RecipeError(f"override {item!r}: empty key")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as e:
+            raise RecipeError(f"override {item!r}: value is not valid YAML ({e.__class__.__name__})") from e
+        node = data
+        parts = key.split(".")
+        for p in parts[:-1]:
+            nxt = node.get(p)
+            if not isinstance(nxt, dict):
+                nxt = {}
+                node[p] = nxt
+            node = nxt
+        node[parts[-1]] = value
+        paths.add(key)
+    return paths
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read, override and validate a recipe; raise :class:`RecipeError` listing every problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"{path}: recipe file not found")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise RecipeError(f"{path}: cannot read recipe ({e})") from e
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise RecipeError(f"{path}{line}: YAML syntax error: {problem}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}:1: a recipe must be a mapping of sections, got {type(data).__name__}")
+    set_paths = apply_overrides(data, overrides or [])
+    lines = _line_map(text)
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as e:
+        raise RecipeError(*_format_errors(e, str(path), lines, set_paths)) from None
+    if recipe.name is None:
+        recipe.name = path.stem
+    recipe._base_dir = path.resolve().parent
+    problems = [
+        f"{_origin(p, str(path), lines, set_paths)}: {p}: {m}" for p, m in _combination_problems(recipe)
+    ]
+    for i, f in enumerate(recipe.data.train):
+        if not recipe.resolve_path(f).is_file():
+            problems.append(f"{_origin(f'data.train.{i}', str(path), lines, set_paths)}: data.train.{i}: "
+                            f"file not found: {recipe.resolve_path(f)}")
+    for key in ("val", "test"):
+        f = getattr(recipe.data, key)
+        if f is not None and not recipe.resolve_path(f).is_file():
+            problems.append(f"{_origin(f'data.{key}', str(path), lines, set_paths)}: data.{key}: "
+                            f"file not found: {recipe.resolve_path(f)}")
+    if problems:
+        raise RecipeError(*problems)
+    return recipe
+
+
+def section_fields(cls: type[BaseModel], prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """Flatten a config class into (dotted name, type, default, description) rows for the docs."""
+    rows = []
+    for name, field in cls.model_fields.items():
+        ann = field.annotation
+        dotted = f"{prefix}{name}"
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            rows.extend(section_fields(ann, dotted + "."))
+            continue
+        default = field.get_default(call_default_factory=True)
+        type_name = str(ann).replace("typing.", "").replace("<class '", "").replace("'>", "")
+        desc = " ".join((field.description or "").split())
+        rows.append((dotted, type_name, repr(default), desc))
+    return rows

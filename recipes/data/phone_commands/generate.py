@@ -1,0 +1,1248 @@
+#!/usr/bin/env python3
+"""Deterministic generator for the ``phone_commands`` dataset.
+
+Task: parse a short spoken/typed phone command into one compact JSON object
+``{"intent": NAME, "slots": {...}}``.  See README.md in this folder for the
+full contract.
+
+Running ``python recipes/data/phone_commands/generate.py`` rewrites
+``train.jsonl``, ``val.jsonl`` and ``test.jsonl`` next to this file.  The
+output is byte-identical across runs: a single ``random.Random(SEED)`` drives
+every choice, all pools are lists (never iterated sets), and rows are written
+in a seeded shuffle order.
+
+How the splits differ:
+  * train and val use the *train* phrasing templates and the *train* value
+    pools (names, places, songs, ...); val rows never repeat a train row.
+  * test uses its own phrasing templates, polite wrappers and value pools
+    that never occur in train/val, plus clock times and timer durations
+    that are disjoint from train/val (apart from a few fixed phrases such as
+    "noon" or "an hour and a half" that are deliberately shared).
+The generator asserts these properties before writing anything.
+
+Standard library only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+import sys
+from collections import Counter
+from pathlib import Path
+
+SEED = 20240611
+OUT_DIR = Path(__file__).resolve().parent
+SPLIT_SIZES = {"train": 3400, "val": 300, "test": 400}
+UNSUPPORTED_SHARE = 0.15
+MAX_ATTEMPTS = 400  # retries to find a not-yet-used user string
+
+# ---------------------------------------------------------------------------
+# Contract
+# ---------------------------------------------------------------------------
+
+# Slot order per intent: the canonical key order of the assistant JSON.
+SLOT_ORDER = {
+    "set_alarm": ["time", "label"],
+    "set_timer": ["seconds"],
+    "send_message": ["contact", "text"],
+    "call": ["contact"],
+    "play_music": ["query"],
+    "search_web": ["query"],
+    "navigate": ["destination"],
+    "get_weather": ["location", "day"],
+    "create_reminder": ["text", "time", "day"],
+    "create_event": ["title", "day", "time"],
+    "toggle_setting": ["setting", "state"],
+    "set_volume": ["level", "direction"],
+    "unsupported": [],
+}
+REQUIRED_SLOTS = {
+    "set_alarm": ["time"],
+    "set_timer": ["seconds"],
+    "send_message": ["contact", "text"],
+    "call": ["contact"],
+    "play_music": ["query"],
+    "search_web": ["query"],
+    "navigate": ["destination"],
+    "get_weather": [],
+    "create_reminder": ["text"],
+    "create_event": ["title"],
+    "toggle_setting": ["setting", "state"],
+    "set_volume": [],  # exactly one of level / direction, checked separately
+    "unsupported": [],
+}
+INTENTS = list(SLOT_ORDER)
+COMMAND_INTENTS = [i for i in INTENTS if i != "unsupported"]
+
+FREE_TEXT_SLOTS = {"label", "text", "query", "destination", "title", "contact", "location"}
+DAY_VALUES = ["today", "tomorrow", "monday", "tuesday", "wednesday", "thursday",
+              "friday", "saturday", "sunday"]
+SETTINGS = ["wifi", "bluetooth", "flashlight", "do_not_disturb", "airplane_mode"]
+STATES = ["on", "off"]
+DIRECTIONS = ["up", "down"]
+TIME_RE = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
+TRAILING_PUNCT = ".,!?;:"
+
+
+def assistant_json(intent: str, slots: dict) -> str:
+    """Canonical compact assistant answer: intent first, slots in SLOT_ORDER."""
+    ordered = {k: slots[k] for k in SLOT_ORDER[intent] if k in slots}
+    return json.dumps({"intent": intent, "slots": ordered},
+                      separators=(",", ":"), ensure_ascii=False)
+
+
+def _check(cond: bool, msg: str) -> None:
+    # Explicit raise instead of `assert` so validation survives `python -O`.
+    if not cond:
+        raise ValueError(msg)
+
+
+def validate_row(row: dict) -> None:
+    """Raise ValueError unless ``row`` satisfies the dataset contract."""
+    _check(isinstance(row, dict) and list(row) == ["messages"], "row must be {'messages': [...]}")
+    msgs = row["messages"]
+    _check(isinstance(msgs, list) and len(msgs) == 2, "exactly two messages (user, assistant)")
+    _check([m.get("role") for m in msgs] == ["user", "assistant"], "roles must be user, assistant")
+    for m in msgs:
+        _check(list(m) == ["role", "content"] and isinstance(m["content"], str), "bad message keys")
+    user, answer = msgs[0]["content"], msgs[1]["content"]
+    _check(user == user.strip() and user != "", "user text must be non-empty and trimmed")
+
+    obj = json.loads(answer)
+    _check(isinstance(obj, dict) and list(obj) == ["intent", "slots"], "answer keys must be intent, slots")
+    intent, slots = obj["intent"], obj["slots"]
+    _check(intent in SLOT_ORDER, f"unknown intent {intent!r}")
+    _check(isinstance(slots, dict), "slots must be an object")
+    _check(answer == assistant_json(intent, slots), "answer is not canonical compact JSON")
+    _check(set(slots) <= set(SLOT_ORDER[intent]), f"{intent}: unexpected slots {sorted(slots)}")
+    _check(list(slots) == [k for k in SLOT_ORDER[intent] if k in slots], "slot order")
+    for k in REQUIRED_SLOTS[intent]:
+        _check(k in slots, f"{intent}: missing required slot {k}")
+
+    for key, value in slots.items():
+        _check(value is not None, f"{key}: null values are not allowed (omit the slot)")
+        if key in FREE_TEXT_SLOTS:
+            _check(isinstance(value, str) and value != "", f"{key} must be a non-empty string")
+            _check(value == value.strip(), f"{key} not trimmed: {value!r}")
+            _check(value[-1] not in TRAILING_PUNCT, f"{key} has trailing punctuation: {value!r}")
+            _check(value in user, f"{key}={value!r} is not a substring of {user!r}")
+        elif key == "time":
+            _check(isinstance(value, str) and TIME_RE.match(value) is not None, f"bad time {value!r}")
+        elif key == "day":
+            _check(value in DAY_VALUES, f"bad day {value!r}")
+        elif key == "seconds":
+            _check(type(value) is int and value > 0, f"bad seconds {value!r}")
+        elif key == "setting":
+            _check(value in SETTINGS, f"bad setting {value!r}")
+        elif key == "state":
+            _check(value in STATES, f"bad state {value!r}")
+        elif key == "level":
+            _check(type(value) is int and 0 <= value <= 100, f"bad level {value!r}")
+        elif key == "direction":
+            _check(value in DIRECTIONS, f"bad direction {value!r}")
+    if intent == "set_volume":
+        _check(("level" in slots) != ("direction" in slots), "set_volume needs exactly one of level/direction")
+    if intent == "unsupported":
+        _check(slots == {}, "unsupported must have empty slots")
+
+
+# ---------------------------------------------------------------------------
+# Numbers, clock times and durations
+# ---------------------------------------------------------------------------
+
+ONES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
+        "ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen",
+        "seventeen", "eighteen", "nineteen"]
+TENS = {2: "twenty", 3: "thirty", 4: "forty", 5: "fifty", 6: "sixty", 7: "seventy",
+        8: "eighty", 9: "ninety"}
+
+
+def number_words(n: int, joiner: str = "-") -> str:
+    """English words for 0..100 ("forty-five"; joiner=" " gives "forty five")."""
+    if n < 20:
+        return ONES[n]
+    if n == 100:
+        return "one hundred"
+    tens, ones = divmod(n, 10)
+    return TENS[tens] + ("" if ones == 0 else joiner + ONES[ones])
+
+
+def indefinite_article(n: int) -> str:
+    """'a' or 'an' for a spoken number ("an eight-minute", "a five-minute")."""
+    spoken = number_words(n)
+    return "an" if spoken[0] in "aeiou" and not spoken.startswith("one") else "a"
+
+
+# Clock times.  Values are partitioned between train/val and test so that the
+# test split measures generalisation to unseen times.  "noon"/"midnight" are
+# fixed words and shared; the literal examples from the spec are pinned to train.
+SHARED_TIMES = [(12, 0), (0, 0)]
+TRAIN_PINNED_TIMES = [(7, 0), (20, 15), (18, 30), (19, 45), (19, 30), (20, 45)]
+
+
+def time_split(h: int, m: int) -> str:
+    """Which split owns the clock time h:m ('train', 'test' or 'shared')."""
+    if (h, m) in SHARED_TIMES:
+        return "shared"
+    if (h, m) in TRAIN_PINNED_TIMES:
+        return "train"
+    return "test" if (h + m // 5) % 4 == 1 else "train"
+
+
+def period_words(h: int) -> list[str]:
+    """Day-period qualifiers that unambiguously fix am/pm for hour h (0..23)."""
+    if 1 <= h <= 11:
+        return ["in the morning"]
+    if 12 <= h <= 16:
+        return ["in the afternoon"]
+    if 17 <= h <= 19:
+        return ["in the evening"]
+    if h == 20:
+        return ["in the evening", "at night"]
+    if 21 <= h <= 23:
+        return ["at night"]
+    return []
+
+
+def minute_words(m: int) -> str:
+    """'oh five', 'fifteen', 'forty-five' (m > 0)."""
+    return "oh " + ONES[m] if m < 10 else number_words(m)
+
+
+def time_phrases(h: int, m: int) -> dict[str, list[str]]:
+    """All renderings of the 24h time h:m, grouped by style."""
+    h12 = h % 12 or 12
+    ampm = "am" if h < 12 else "pm"
+    dotted = "a.m." if h < 12 else "p.m."
+    hw = ONES[h12]
+    styles: dict[str, list[str]] = {"h24": [f"{h:02d}:{m:02d}"]}
+    if (h, m) == (12, 0):
+        styles["special"] = ["noon", "midday", "12pm", "12 noon"]
+        return styles
+    if (h, m) == (0, 0):
+        styles["special"] = ["midnight", "12am"]
+        return styles
+    if m == 0:
+        styles["digits_ampm"] = [f"{h12}{ampm}", f"{h12} {ampm}", f"{h12} {dotted}", f"{h12}:00 {ampm}"]
+        styles["words_ampm"] = [f"{hw} {ampm}"]
+        if h != 12 and period_words(h):
+            styles["words_period"] = [f"{hw} {p}" for p in period_words(h)]
+            styles["oclock"] = [f"{hw} o'clock {p}" for p in period_words(h)]
+    else:
+        styles["digits_ampm"] = [f"{h12}:{m:02d}{ampm}", f"{h12}:{m:02d} {ampm}", f"{h12}:{m:02d} {dotted}"]
+        styles["words_ampm"] = [f"{hw} {minute_words(m)} {ampm}"]
+        if period_words(h):
+            styles["words_period"] = [f"{hw} {minute_words(m)} {p}" for p in period_words(h)]
+    # "quarter past eight", "twenty to six": the spoken hour differs for "to".
+    rel = None
+    if m in (5, 10, 15, 20, 25, 30) and h not in (0,):
+        amount = {15: "quarter", 30: "half"}.get(m, number_words(m))
+        rel = f"{amount} past {hw}"
+    elif m in (35, 40, 45, 50, 55) and h not in (11, 23):
+        amount = "quarter" if m == 45 else number_words(60 - m)
+        rel = f"{amount} to {ONES[(h + 1) % 12 or 12]}"
+    if rel:
+        styles["relative_ampm"] = [f"{rel} {ampm}", f"{rel} {dotted}"]
+        if period_words(h):
+            styles["relative_period"] = [f"{rel} {p}" for p in period_words(h)]
+    return styles
+
+
+TIME_STYLE_WEIGHTS = {"digits_ampm": 3.0, "h24": 1.0, "words_ampm": 2.0, "words_period": 1.5,
+                      "oclock": 0.6, "relative_ampm": 1.2, "relative_period": 1.2, "special": 3.0}
+
+# Typical hours per intent, so that e.g. alarms are mostly early-morning.
+TIME_HOURS = {
+    "set_alarm": [4, 5, 5, 6, 6, 6, 7, 7, 7, 8, 8, 9, 9, 10, 11, 13, 14, 15, 21, 22, 23, 0, 1],
+    "create_reminder": [7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22],
+    "create_event": [7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21],
+}
+MINUTE_CHOICES = [0, 0, 0, 0, 0, 15, 30, 30, 45, 10, 20, 40, 50, 5, 55, 25, 35]
+
+
+def pick_time(rng: random.Random, split: str, intent: str) -> tuple[int, int]:
+    """Pick a clock time owned by ``split`` (or shared) with intent-typical hours."""
+    if rng.random() < 0.05:
+        return rng.choice(SHARED_TIMES if intent == "set_alarm" else [(12, 0)])
+    while True:
+        h, m = rng.choice(TIME_HOURS[intent]), rng.choice(MINUTE_CHOICES)
+        if time_split(h, m) == split:
+            return h, m
+
+
+def render_time(rng: random.Random, h: int, m: int, style: str | None = None) -> str:
+    styles = time_phrases(h, m)
+    if style is None:
+        names = list(styles)
+        style = rng.choices(names, weights=[TIME_STYLE_WEIGHTS[s] for s in names])[0]
+    return rng.choice(styles[style])
+
+
+# Timer durations.  Numeric values are split between train/val and test; a few
+# tricky fixed phrases are shared on purpose so both splits contain them.
+DURATIONS = {
+    "train": {
+        "sec": [10, 15, 20, 30, 40, 45, 90],
+        "min": [1, 2, 3, 4, 5, 7, 8, 10, 12, 15, 20, 25, 30, 40, 45],
+        "hr": [1, 2, 3],
+        "hm": [(1, 10), (1, 15), (1, 20), (1, 30), (2, 15), (2, 30)],
+        "phrase": [("a minute and a half", 90), ("a quarter of an hour", 900)],
+    },
+    "test": {
+        "sec": [25, 35, 50, 75],
+        "min": [6, 9, 11, 13, 14, 16, 18, 35, 50, 55],
+        "hr": [4, 5],
+        "hm": [(1, 5), (1, 40), (2, 20), (3, 10)],
+        "phrase": [("three and a half minutes", 210), ("four and a half minutes", 270),
+                   ("three and a half hours", 12600)],
+    },
+}
+SHARED_DURATION_PHRASES = [("an hour and a half", 5400), ("two and a half minutes", 150),
+                           ("half an hour", 1800)]
+SHARED_SECONDS = {s for _, s in SHARED_DURATION_PHRASES}
+DURATION_KIND_WEIGHTS = {"sec": 2, "min": 6, "hr": 1.2, "hm": 1.2, "phrase": 1, "shared": 1.3}
+
+
+def pick_duration(rng: random.Random, split: str, adjectival: bool = False) -> tuple:
+    """A duration spec: ('sec'|'min'|'hr', n), ('hm', h, m) or ('phrase', text, secs)."""
+    pool = DURATIONS[split]
+    kinds = ["sec", "min", "hr"] if adjectival else list(DURATION_KIND_WEIGHTS)
+    kind = rng.choices(kinds, weights=[DURATION_KIND_WEIGHTS[k] for k in kinds])[0]
+    if kind == "shared":
+        return ("phrase",) + rng.choice(SHARED_DURATION_PHRASES)
+    if kind == "phrase":
+        return ("phrase",) + rng.choice(pool["phrase"])
+    if kind == "hm":
+        return ("hm",) + rng.choice(pool["hm"])
+    return (kind, rng.choice(pool[kind]))
+
+
+def duration_seconds(spec: tuple) -> int:
+    kind = spec[0]
+    if kind == "phrase":
+        return spec[2]
+    if kind == "hm":
+        return spec[1] * 3600 + spec[2] * 60
+    return spec[1] * {"sec": 1, "min": 60, "hr": 3600}[kind]
+
+
+def _num(rng: random.Random, n: int) -> str:
+    """Digits or words for n, e.g. '20' / 'twenty'."""
+    return str(n) if rng.random() < 0.55 else number_words(n, rng.choice(["-", "-", " "]))
+
+
+def render_duration(rng: random.Random, spec: tuple) -> str:
+    """Spoken form of a duration spec ('5 min', 'ninety seconds', '1 hour and 20 minutes')."""
+    kind = spec[0]
+    if kind == "phrase":
+        return spec[1]
+    if kind == "hm":
+        h, m = spec[1], spec[2]
+        hour = rng.choice(["an hour", "1 hour", "one hour", "1 hr"]) if h == 1 else \
+            rng.choice([f"{h} hours", f"{number_words(h)} hours", f"{h} hrs"])
+        minute = rng.choice([f"{m} minutes", f"{m} min", f"{number_words(m)} minutes"])
+        return hour + rng.choice([" ", " and "]) + minute
+    n = spec[1]
+    if kind == "sec":
+        return rng.choice([f"{n} seconds", f"{n} secs", f"{n} sec",
+                           f"{number_words(n)} seconds", f"{number_words(n)} seconds"])
+    if kind == "min":
+        if n == 1:
+            return rng.choice(["1 minute", "one minute", "a minute", "1 min"])
+        return rng.choice([f"{n} minutes", f"{n} mins", f"{n} min", f"{_num(rng, n)} minutes"])
+    if n == 1:
+        return rng.choice(["1 hour", "one hour", "an hour", "1 hr"])
+    return rng.choice([f"{n} hours", f"{n} hrs", f"{number_words(n)} hours"])
+
+
+def render_duration_adjective(rng: random.Random, spec: tuple) -> str:
+    """Article + adjectival duration: 'a 5 minute', 'an eight-minute', 'a 30-second'."""
+    kind, n = spec
+    unit = {"sec": "second", "min": "minute", "hr": "hour"}[kind]
+    body = rng.choice([f"{n} {unit}", f"{n}-{unit}", f"{number_words(n)}-{unit}"])
+    return f"{indefinite_article(n)} {body}"
+
+
+# Volume levels (0 and 100 come from the mute / max templates).
+VOLUME_LEVELS = {"train": [10, 20, 25, 30, 40, 50, 60, 70, 75, 80, 90],
+                 "test": [15, 35, 45, 55, 65, 85, 95]}
+
+
+def render_level(rng: random.Random, n: int) -> str:
+    return rng.choice([str(n), f"{n}%", f"{n} percent", number_words(n), f"{number_words(n)} percent"])
+
+
+def render_day(rng: random.Random, adverbial: bool) -> tuple[str, str]:
+    """(phrase, day value).  Adverbial form can stand alone: 'on Friday', 'tomorrow'."""
+    value = rng.choices(DAY_VALUES, weights=[3, 4, 1, 1, 1, 1, 1, 1, 1])[0]
+    if value == "today":
+        return "today", value
+    if value == "tomorrow":
+        return rng.choices(["tomorrow", "tmrw", "tomorow"], weights=[18, 1, 1])[0], value
+    name = value if rng.random() < 0.5 else value.capitalize()
+    if adverbial:
+        return rng.choice([f"on {name}", f"on {name}", f"next {name}", f"this {name}"]), value
+    return rng.choice([name, name, f"next {name}", f"this {name}"]), value
+
+
+# How each setting may be named in a command.
+SETTING_FORMS = {
+    "wifi": ["wifi", "wi-fi", "WiFi", "Wi-Fi", "the wifi", "the Wi-Fi"],
+    "bluetooth": ["bluetooth", "Bluetooth", "the bluetooth"],
+    "flashlight": ["flashlight", "the flashlight", "torch", "the torch"],
+    "do_not_disturb": ["do not disturb", "Do Not Disturb", "dnd", "DND", "do not disturb mode"],
+    "airplane_mode": ["airplane mode", "flight mode", "aeroplane mode", "plane mode", "Airplane Mode"],
+}
+MODES = ["do_not_disturb", "airplane_mode"]
+
+# ---------------------------------------------------------------------------
+# Value pools.  POOLS["train"] feeds train and val, POOLS["test"] feeds test.
+# ---------------------------------------------------------------------------
+
+POOLS = {
+    "train": {
+        "contact": [
+            "Emma", "Liam", "Olivia", "Noah", "Ava", "Ethan", "Sophia", "Mason", "Isabella",
+            "Lucas", "Mia", "Oliver", "Amelia", "James", "Harper", "Benjamin", "Charlotte",
+            "Henry", "Evelyn", "Daniel", "Priya", "Arjun", "Wei", "Mei", "Carlos", "Sofia",
+            "Mateo", "Fatima", "Omar", "Aisha", "Yuki", "Kenji", "Chloe", "Jack", "Grace",
+            "Leo", "Nora", "Sam", "Zoe", "Max", "John Smith", "Maria Garcia", "David Lee",
+            "Sarah Johnson", "Michael Brown", "Emily Davis", "Ahmed Khan", "Anna Müller",
+            "Luca Rossi", "Hannah Kim", "Raj Patel", "Laura Martin", "Tom Wilson",
+            "Jessica Taylor", "Kevin O'Brien", "Nina Petrova", "José Hernández", "Mom", "Dad",
+            "Grandma", "Uncle Joe", "Dr. Adams",
+        ],
+        "text": [
+            "I'm running late", "see you at 8", "on my way", "can you pick up milk on the way home",
+            "happy birthday", "call me when you get this", "dinner is ready",
+            "I'll be home in 20 minutes", "don't forget your keys", "the meeting moved to 3pm",
+            "love you", "good luck today", "where are you", "I'm outside",
+            "let's grab coffee sometime", "thanks for yesterday", "are we still on for tonight",
+            "I left my charger at your place", "running 10 minutes late", "can we talk later",
+            "the kids are asleep", "I got the tickets", "miss you", "call you back in five",
+            "parking is full so I'm around the corner", "bring a jacket it's cold", "just landed",
+            "traffic is terrible", "see you soon", "what time is the party", "I'm at the front door",
+            "ok sounds good", "I'll pick you up at 6", "lunch is on me", "check your email",
+            "we need more coffee", "the game starts at 7", "congrats on the new job",
+            "don't wait up for me",
+        ],
+        "song": [
+            "Bohemian Rhapsody", "Hotel California", "Shape of You", "Blinding Lights", "Wonderwall",
+            "Rolling in the Deep", "Billie Jean", "Imagine", "Hey Jude", "Dancing Queen",
+            "Smells Like Teen Spirit", "Lose Yourself", "Bad Guy", "Take On Me", "Sweet Caroline",
+            "Levitating", "Yellow", "Africa", "Thriller", "Halo", "Clocks", "Let It Be",
+            "Hallelujah", "Uptown Funk",
+        ],
+        "artist": [
+            "Queen", "Eagles", "Ed Sheeran", "The Weeknd", "Oasis", "Adele", "Michael Jackson",
+            "John Lennon", "The Beatles", "ABBA", "Nirvana", "Eminem", "Billie Eilish", "a-ha",
+            "Neil Diamond", "Dua Lipa", "Coldplay", "Toto", "Beyoncé", "Taylor Swift", "Drake",
+            "Daft Punk", "Bruno Mars", "Miles Davis",
+        ],
+        "song_by": [
+            "Bohemian Rhapsody by Queen", "Hotel California by Eagles", "Shape of You by Ed Sheeran",
+            "Blinding Lights by The Weeknd", "Wonderwall by Oasis", "Rolling in the Deep by Adele",
+            "Billie Jean by Michael Jackson", "Imagine by John Lennon", "Hey Jude by The Beatles",
+            "Dancing Queen by ABBA", "Smells Like Teen Spirit by Nirvana", "Lose Yourself by Eminem",
+            "Bad Guy by Billie Eilish", "Take On Me by a-ha", "Sweet Caroline by Neil Diamond",
+            "Levitating by Dua Lipa", "Yellow by Coldplay", "Africa by Toto", "Halo by Beyoncé",
+            "Thriller by Michael Jackson", "Clocks by Coldplay", "Let It Be by The Beatles",
+        ],
+        "genre": ["jazz", "classical", "rock", "hip hop", "country", "lo-fi", "pop", "indie",
+                  "EDM", "R&B", "soul", "piano"],
+        "query": [
+            "best pizza recipe", "how tall is the eiffel tower", "cheap flights to Lisbon",
+            "symptoms of the flu", "how to tie a tie", "python list comprehension",
+            "who won the world cup in 2018", "population of Canada", "how many ounces in a cup",
+            "best running shoes", "how to change a flat tire", "banana bread recipe",
+            "what is a black hole", "Marvel movies in order", "how to remove a wine stain",
+            "distance from earth to the moon", "tips for better sleep",
+            "how old are the pyramids of Giza", "reviews for the iPhone 15", "used cars near me",
+            "how to boil an egg", "history of the Roman empire", "vegan lasagna recipe",
+            "how do vaccines work", "best hiking trails near Denver", "meaning of serendipity",
+            "NBA scores", "cheap hotels in Rome", "how to unclog a drain",
+            "how long to cook a turkey", "who wrote Pride and Prejudice", "Apple stock price",
+            "easy chicken curry recipe", "how to learn guitar", "what is inflation",
+            "how many calories in an avocado", "when is the next full moon",
+            "home remedies for a sore throat",
+        ],
+        "destination": [
+            "the airport", "221 Baker Street", "Central Park", "the nearest gas station",
+            "Union Station", "the train station", "Golden Gate Bridge", "1600 Pennsylvania Avenue",
+            "the closest pharmacy", "Times Square", "Chicago", "Boston", "the office", "Walmart",
+            "Starbucks on Main Street", "42 Elm Street", "Mom's house", "the hospital",
+            "Disneyland", "the beach", "the town center", "the nearest ATM", "Fisherman's Wharf",
+            "the library", "Seattle", "Heathrow Airport", "the mall", "Oak Ridge High School",
+            "350 Fifth Avenue", "the gym",
+        ],
+        "location": [
+            "London", "Paris", "New York", "Tokyo", "San Francisco", "Berlin", "Sydney", "Toronto",
+            "Madrid", "Mumbai", "Seoul", "Miami", "Dublin", "Cape Town", "Austin", "Rome",
+            "Amsterdam", "Mexico City", "Vancouver", "Singapore", "Bangkok", "Cairo", "Atlanta",
+            "São Paulo",
+        ],
+        "reminder": [
+            "buy milk", "call the plumber", "water the plants", "take out the trash",
+            "pay the electricity bill", "pick up the dry cleaning", "take my medication",
+            "book a dentist appointment", "send the report to Mark", "stretch", "drink water",
+            "check the oven", "move the car", "submit my timesheet", "call Grandma",
+            "buy a birthday gift for Emma", "charge my phone", "walk the dog",
+            "back up my laptop", "return the library books", "cancel the gym membership",
+            "email the landlord", "pick up the kids from school", "defrost the chicken",
+            "buy stamps", "lock the front door", "order more printer ink", "call the bank",
+        ],
+        "title": [
+            "Team standup", "Dentist appointment", "Lunch with Priya", "Project review", "Book club",
+            "Soccer practice", "Parent teacher conference", "Doctor's appointment", "Date night",
+            "Yoga class", "Budget meeting", "Coffee with Sam", "Piano lesson", "Haircut",
+            "Sprint planning", "Birthday party", "Job interview", "Car service", "Family dinner",
+            "One on one with Laura", "Guitar lesson", "Client call", "Movie night", "Study group",
+            "Board meeting", "Team lunch", "Gym session", "Code review", "Wedding rehearsal",
+        ],
+        "label": ["gym", "meds", "work", "morning run", "yoga", "school run", "catch the train",
+                  "wake up", "take the bins out", "Workout", "Get up"],
+        # Non-slot fillers for unsupported requests.
+        "food": ["pizza", "burger", "burrito", "large pepperoni pizza", "chicken sandwich",
+                 "salad", "bowl of ramen"],
+        "restaurant": ["Luigi's", "the Golden Dragon", "Chipotle", "Sushi Palace"],
+        "topic": ["cats", "programmers", "the ocean", "pizza", "doctors", "penguins"],
+        "language": ["French", "Spanish", "German", "Italian", "Japanese"],
+        "phrase": ["hello", "good morning", "thank you", "where is the bathroom", "I love you",
+                   "how much does this cost"],
+        "item": ["AA batteries", "a phone charger", "paper towels", "a yoga mat"],
+    },
+    "test": {
+        "contact": [
+            "Isla", "Mohammed", "Elena", "Hugo", "Ingrid", "Tariq", "Beatriz", "Kofi", "Siobhan",
+            "Dmitri", "Ananya", "Rafael", "Mariko", "Felix", "Astrid", "Jamal", "Leila", "Tobias",
+            "Chiara", "Nikhil", "Rebecca Thompson", "Jorge Ramirez", "Ling Zhao", "Patrick Murphy",
+            "Fiona Campbell", "Sanjay Gupta", "Olga Ivanova", "Marcus Bell", "Camille Dubois",
+            "Kwame Mensah", "Grandpa", "Aunt Linda", "Dr. Nguyen", "Coach Miller",
+        ],
+        "text": [
+            "running a bit behind schedule", "the package just arrived", "save me a seat",
+            "I left the spare key under the mat", "the babysitter cancelled",
+            "practice is cancelled", "can you feed the dog", "my train is delayed",
+            "I'll bring dessert", "meet me by the fountain", "did you lock the back door",
+            "heading to the gym now", "pizza is here", "the wifi password is on the fridge",
+            "happy anniversary", "we won the match", "I'm stuck in a meeting",
+            "the car needs gas", "tickets are sold out", "I found your wallet", "almost there",
+            "get well soon", "the show starts in 10 minutes",
+        ],
+        "song": ["Purple Rain", "Superstition", "Riptide", "Mr. Brightside", "Seven Nation Army",
+                 "Valerie", "Respect", "Heroes", "Zombie", "Wannabe", "Jolene", "Royals", "Creep",
+                 "Dreams"],
+        "artist": ["Prince", "Stevie Wonder", "Vance Joy", "The Killers", "Amy Winehouse",
+                   "Aretha Franklin", "David Bowie", "The Cranberries", "Spice Girls", "Lorde",
+                   "Radiohead", "Fleetwood Mac", "Norah Jones", "Bob Marley", "Kendrick Lamar",
+                   "Shakira", "Frank Sinatra", "BTS"],
+        "song_by": ["Purple Rain by Prince", "Superstition by Stevie Wonder", "Riptide by Vance Joy",
+                    "Mr. Brightside by The Killers", "Seven Nation Army by The White Stripes",
+                    "Valerie by Amy Winehouse", "Respect by Aretha Franklin", "Heroes by David Bowie",
+                    "Zombie by The Cranberries", "Wannabe by Spice Girls", "Jolene by Dolly Parton",
+                    "Royals by Lorde", "Creep by Radiohead", "Dreams by Fleetwood Mac"],
+        "genre": ["reggae", "bossa nova", "heavy metal", "k-pop", "blues", "ambient", "funk",
+                  "salsa", "gospel", "punk", "techno", "folk"],
+        "query": [
+            "how to repot a cactus", "fastest land animal", "who painted the Mona Lisa",
+            "gluten free pancake recipe", "how deep is the Mariana Trench", "train times to Edinburgh",
+            "what causes the northern lights", "how to fold a fitted sheet",
+            "largest desert in the world", "how to make cold brew coffee", "best budget laptops",
+            "how do solar panels work", "opening hours of the Louvre", "how to get rid of fruit flies",
+            "difference between a frog and a toad", "how many bones are in the human body",
+            "sourdough starter instructions", "who invented the telephone", "how to knit a scarf",
+            "cheapest time to fly to Tokyo", "signs of dehydration", "how to clean a cast iron pan",
+            "what is machine learning", "tallest building in the world",
+        ],
+        "destination": [
+            "the nearest EV charging station", "Grand Central Terminal", "the ferry terminal",
+            "88 Maple Avenue", "the zoo", "Niagara Falls", "the closest hardware store",
+            "Union Square", "the stadium", "Portland", "the post office", "Pike Place Market",
+            "the dentist's office", "Lakeview Hospital", "15 Orchard Lane", "the nearest coffee shop",
+            "Denver International Airport", "the campground", "the Museum of Modern Art",
+            "Riverside Park",
+        ],
+        "location": ["Oslo", "Buenos Aires", "Nairobi", "Reykjavik", "Kyoto", "Montreal", "Prague",
+                     "Auckland", "Lima", "Istanbul", "Edinburgh", "Phoenix", "Hanoi", "Vienna",
+                     "Marrakech", "Helsinki", "Cork"],
+        "reminder": [
+            "renew my passport", "feed the fish", "clean the gutters", "schedule a haircut",
+            "buy batteries", "mail the rent check", "pick up the prescription",
+            "change the air filter", "call the insurance company", "bring the umbrella back to Felix",
+            "take vitamins", "check the tire pressure", "order a new phone case", "repaint the fence",
+            "water the garden", "register for the marathon", "return the rental car",
+            "print the boarding passes", "thaw the salmon", "reply to the landlord",
+        ],
+        "title": ["Quarterly planning", "Vet appointment", "Coffee with Elena", "Swimming lesson",
+                  "Design review", "Volunteer shift", "Eye exam", "Farewell party", "Product demo",
+                  "Chess club", "Physio session", "Investor meeting", "Dance recital", "Open house",
+                  "Mortgage meeting", "Team offsite", "Hackathon kickoff", "Pottery class"],
+        "label": ["laundry", "feed the cat", "pick up kids", "Pilates", "swim practice", "flight",
+                  "bake bread", "church"],
+        "food": ["pepperoni calzone", "bubble tea", "kebab", "green curry"],
+        "restaurant": ["Nando's", "the Blue Door Bistro", "Taco Fiesta"],
+        "topic": ["dinosaurs", "astronauts", "coffee", "robots"],
+        "language": ["Portuguese", "Korean", "Dutch", "Swahili"],
+        "phrase": ["good night", "see you later", "nice to meet you", "excuse me"],
+        "item": ["dish soap", "a desk lamp", "running socks"],
+    },
+}
+# Pools whose values end up in free-text slots (the rest are unsupported fillers).
+SLOT_POOLS = ["contact", "text", "song", "artist", "song_by", "genre", "query", "destination",
+              "location", "reminder", "title", "label"]
+
+# Placeholder -> (slot name, pool name) for free-text slots.
+FREE_TEXT_PLACEHOLDERS = {
+    "contact": ("contact", "contact"), "text": ("text", "text"), "query": ("query", "query"),
+    "song": ("query", "song"), "artist": ("query", "artist"), "song_by": ("query", "song_by"),
+    "genre": ("query", "genre"), "destination": ("destination", "destination"),
+    "location": ("location", "location"), "reminder": ("text", "reminder"),
+    "title": ("title", "title"), "label": ("label", "label"),
+}
+
+# ---------------------------------------------------------------------------
+# Phrasing templates.  A template is "text" or ("text", fixed_slots).
+# Placeholders: {time} {iday}(day said but ignored) {day} {on_day} {dur}
+# {a_dur_adj} {level} {setting} {bare_setting} + FREE_TEXT_PLACEHOLDERS.
+# fixed_slots may carry "_settings" to restrict which settings fit the phrase.
+# ---------------------------------------------------------------------------
+
+ON, OFF = {"state": "on"}, {"state": "off"}
+UP, DOWN = {"direction": "up"}, {"direction": "down"}
+MUTE, MAX = {"level": 0}, {"level": 100}
+
+TEMPLATES = {
+    "train": {
+        "set_alarm": [
+            "set an alarm for {time}", "alarm {time}", "wake me up at {time}",
+            "wake me {iday} at {time}", "set an alarm for {time} {iday}",
+            "set an alarm at {time} called {label}", "alarm at {time} labeled {label}",
+            "I need to be up at {time}", "set alrm for {time}",
+            "set an alarm for {time} named {label}", "set my alarm for {time}",
+            "alarm for {time} {iday} called {label}", "wake me up {iday} at {time}",
+        ],
+        "set_timer": [
+            "set a timer for {dur}", "timer {dur}", "timer for {dur}", "start {a_dur_adj} timer",
+            "countdown {dur}", "set timer {dur}", "buzz me in {dur}", "start a timer for {dur}",
+            "{dur} timer", "set a tmer for {dur}", "alert me in {dur}",
+        ],
+        "send_message": [
+            "text {contact} {text}", "text {contact} that {text}",
+            "send a message to {contact} saying {text}", "message {contact}: {text}",
+            "tell {contact} {text}", "send {contact} a text saying {text}", "sms {contact} {text}",
+            "whatsapp {contact} saying {text}", "send a txt to {contact}: {text}",
+            "shoot {contact} a message: {text}",
+        ],
+        "call": [
+            "call {contact}", "ring {contact}", "phone {contact}", "dial {contact}",
+            "give {contact} a call", "start a call with {contact}", "calll {contact}",
+            "get {contact} on the phone", "video call {contact}", "call {contact} on speaker",
+        ],
+        "play_music": [
+            "play {song}", "play {song_by}", "play some {genre}", "play {artist}",
+            "put on some {genre}", "play music by {artist}", "i want to hear {song_by}",
+            "shuffle {artist}", "play {genre} music", "put on {song}", "plya {song}",
+            "play the song {song}", "listen to {artist}",
+        ],
+        "search_web": [
+            "search for {query}", "google {query}", "look up {query}", "search the web for {query}",
+            "find {query} online", "search {query}", "web search {query}", "serch for {query}",
+            "look online for {query}", "search google for {query}",
+        ],
+        "navigate": [
+            "navigate to {destination}", "take me to {destination}", "directions to {destination}",
+            "how do i get to {destination}", "get directions to {destination}",
+            "drive me to {destination}", "start navigation to {destination}",
+            "route to {destination}", "navgate to {destination}", "show me the way to {destination}",
+        ],
+        "get_weather": [
+            "what's the weather", "what's the weather like in {location}", "weather {day}",
+            "weather in {location}", "weather in {location} {day}", "is it going to rain {on_day}",
+            "will it rain in {location} {on_day}", "how hot will it be in {location} {on_day}",
+            "do i need an umbrella {on_day}", "what's the forecast for {day}",
+            "forecast {location}", "how cold is it in {location}", "whats the wether in {location}",
+            "what's the temperature outside",
+        ],
+        "create_reminder": [
+            "remind me to {reminder}", "remind me to {reminder} at {time}",
+            "remind me {on_day} to {reminder}", "remind me to {reminder} {on_day} at {time}",
+            "set a reminder to {reminder}", "set a reminder for {day} at {time} to {reminder}",
+            "don't let me forget to {reminder}", "remnd me to {reminder}", "reminder: {reminder}",
+            "remind me at {time} to {reminder}", "add a reminder to {reminder} {on_day}",
+            "remind me {on_day} at {time} to {reminder}",
+        ],
+        "create_event": [
+            "schedule {title} {on_day} at {time}", "add {title} to my calendar",
+            "add {title} to my calendar {on_day}", "create an event called {title} {on_day}",
+            "put {title} on my calendar for {day} at {time}", "new event {title} at {time}",
+            "calendar event {title} {on_day}", "book {title} {on_day} at {time}",
+            "set up {title} for {day}", "create event: {title}", "schedual {title} {on_day}",
+            "add an event {title} at {time} {on_day}",
+        ],
+        "toggle_setting": [
+            ("turn on {setting}", ON), ("turn {setting} on", ON), ("switch on {setting}", ON),
+            ("switch {setting} off", OFF), ("turn off {setting}", OFF), ("turn {setting} off", OFF),
+            ("enable {setting}", ON), ("disable {setting}", OFF), ("{bare_setting} on", ON),
+            ("{bare_setting} off", OFF), ("kill {setting}", OFF), ("activate {setting}", ON),
+            ("deactivate {setting}", OFF), ("shut off {setting}", OFF), ("trun on {setting}", ON),
+            ("put my phone in {bare_setting}", {"state": "on", "_settings": MODES}),
+        ],
+        "set_volume": [
+            ("set the volume to {level}", {}), ("volume {level}", {}),
+            ("turn the volume to {level}", {}), ("change volume to {level}", {}),
+            ("put the volume at {level}", {}), ("set media volume to {level}", {}),
+            ("make the volume {level}", {}), ("volum to {level}", {}), ("volume at {level}", {}),
+            ("louder", UP), ("turn it up", UP), ("volume up", UP), ("make it louder", UP),
+            ("raise the volume", UP), ("turn the volume up a bit", UP),
+            ("quieter", DOWN), ("turn it down", DOWN), ("volume down", DOWN),
+            ("lower the volume", DOWN), ("make it quieter", DOWN), ("turn the volume down", DOWN),
+            ("mute", MUTE), ("mute the phone", MUTE), ("mute my phone", MUTE),
+            ("volume to zero", MUTE), ("turn the volume all the way down", MUTE),
+            ("max volume", MAX), ("full volume", MAX), ("turn the volume all the way up", MAX),
+            ("volume to max", MAX), ("maximum volume", MAX),
+        ],
+        "unsupported": [
+            "order a {food}", "order {food} from {restaurant}", "what's {a}+{b}",
+            "what is {a} plus {b}", "what's {a} times {b}", "tell me a joke about {topic}",
+            "translate {phrase} to {language}", "book a table for {n} at {restaurant}",
+            "set the brightness to {pct} percent", "buy {item} on amazon",
+            "how many calories are in a {food}",
+        ],
+    },
+    "test": {
+        "set_alarm": [
+            "get me up at {time}", "I want an alarm at {time}",
+            "make an alarm for {time} and call it {label}", "{time} alarm",
+            "I need an alarm {iday} at {time}", "put an alarm on for {time} with the label {label}",
+            "alarm me at {time}", "alarm me {iday} at {time}",
+        ],
+        "set_timer": [
+            "put a timer on for {dur}", "I need a timer for {dur}", "count down from {dur}",
+            "ping me in {dur}", "make {a_dur_adj} timer", "timer set to {dur}",
+        ],
+        "send_message": [
+            "drop {contact} a message that says {text}", "write to {contact}: {text}",
+            "send {contact} the message {text}", "can you message {contact} and say {text}",
+            "compose a text to {contact} reading {text}", "msg {contact} {text}",
+        ],
+        "call": [
+            "place a call to {contact}", "I want to talk to {contact} on the phone",
+            "ring up {contact}", "make a call to {contact}", "connect me with {contact}",
+            "phone up {contact}",
+        ],
+        "play_music": [
+            "queue up {song_by}", "start playing {artist}", "I'm in the mood for some {genre}",
+            "blast {song}", "stream {song_by}", "could I hear something by {artist}",
+            "throw on some {genre} music",
+        ],
+        "search_web": [
+            "do a web search on {query}", "run a search for {query}", "find me info about {query}",
+            "check the internet for {query}", "query the web for {query}", "search up {query}",
+        ],
+        "navigate": [
+            "guide me to {destination}", "what's the fastest route to {destination}",
+            "i need to get to {destination}", "plot a course to {destination}",
+            "find the way to {destination}", "lead the way to {destination}",
+        ],
+        "get_weather": [
+            "give me the forecast for {location}", "should i bring a jacket {on_day}",
+            "how's the weather looking in {location} {on_day}", "temperature in {location} {on_day}",
+            "will it snow {on_day}", "what's it like outside", "is it sunny in {location}",
+            "any rain expected in {location} {on_day}",
+        ],
+        "create_reminder": [
+            "can you make sure I remember to {reminder}", "create a reminder that says {reminder}",
+            "nudge me {on_day} at {time} to {reminder}", "I need a reminder to {reminder} at {time}",
+            "make a note to remind me to {reminder} {on_day}",
+            "reminde me to {reminder} at {time} {on_day}",
+        ],
+        "create_event": [
+            "pencil in {title} for {day} at {time}", "make a calendar entry for {title}",
+            "block my calendar {on_day} at {time} for {title}",
+            "I have {title} {on_day} at {time}, add it to my calendar",
+            "insert {title} into my calendar {on_day}", "register an event named {title}",
+        ],
+        "toggle_setting": [
+            ("flip {setting} on", ON), ("power off {setting}", OFF),
+            ("I'd like {setting} switched on", ON), ("cut {setting}", OFF),
+            ("toggle {setting} off", OFF), ("toggle on {setting}", ON),
+            ("kill {setting} right now", OFF), ("{bare_setting} on right away", ON),
+            ("get me out of {bare_setting}", {"state": "off", "_settings": MODES}),
+            ("go into {bare_setting}", {"state": "on", "_settings": MODES}),
+            ("switch {setting} back on", ON), ("shut {setting} down", OFF),
+        ],
+        "set_volume": [
+            ("adjust the volume to {level}", {}), ("I want the volume at {level}", {}),
+            ("bring the volume to {level}", {}), ("volume level {level}", {}),
+            ("put the sound at {level}", {}), ("set sound level to {level}", {}),
+            ("a bit louder", UP), ("crank it up", UP), ("turn the sound up", UP),
+            ("increase the volume", UP), ("pump up the volume", UP),
+            ("a little quieter", DOWN), ("bring the volume down", DOWN),
+            ("decrease the volume", DOWN), ("softer", DOWN), ("turn the sound down", DOWN),
+            ("mute the sound", MUTE), ("mute everything", MUTE), ("turn the sound all the way down", MUTE),
+            ("turn the sound all the way up", MAX), ("crank the volume to the max", MAX),
+            ("as loud as it goes", MAX), ("volume all the way up", MAX),
+        ],
+        "unsupported": [
+            "get me a {food} delivered", "calculate {a} minus {b}", "what is {a} divided by {b}",
+            "say something funny about {topic}", "how do you say {phrase} in {language}",
+            "reserve a table at {restaurant}", "what's the square root of {sq}",
+            "add {item} to my shopping cart",
+        ],
+    },
+}
+
+# Chit-chat and out-of-scope requests without placeholders (unsupported).
+CHITCHAT = {
+    "train": [
+        "how are you", "tell me a joke", "you're awesome", "good morning", "what's your name",
+        "who made you", "thank you", "never mind", "I'm bored", "what's the meaning of life",
+        "sing me a song", "do you love me", "hello", "what can you do", "are you a robot",
+        "I'm hungry", "that's funny", "what's up", "goodbye", "you're useless", "I'm so tired",
+        "can you dance", "what's your favorite color", "do you dream", "tell me a story",
+        "I love you", "lol", "ok", "hmm", "yes", "no thanks", "what time is it",
+        "what's today's date", "open the camera", "take a screenshot", "take a selfie",
+        "flip a coin", "roll a die", "what's my battery level", "read my messages",
+        "show me my photos", "recommend a good movie", "write a poem about cats", "how old are you",
+        "are you listening", "wow", "you're the best", "order a pizza", "what's 2+2",
+        "translate hello to french", "empty the trash folder",
+    ],
+    "test": [
+        "how's your day going", "you're hilarious", "good night", "who are you really",
+        "I'm feeling lonely", "can you keep a secret", "do you have feelings",
+        "tell me something interesting", "I had a rough day", "are you smarter than me",
+        "open the gallery", "record a voice memo", "scan this QR code", "check my bank balance",
+        "unlock the front door", "write a haiku about rain", "make me a sandwich", "sup", "brb",
+        "nah", "thanks a lot", "whatever", "do a barrel roll", "what's your favorite movie",
+        "tell me a riddle", "clear my notifications",
+    ],
+}
+# Keyboard-mash syllables for train gibberish; test gets a fixed, disjoint list.
+GIBBERISH_SYLLABLES = ["asdf", "jkl", "qwer", "ty", "zxcv", "fgh", "uiop", "hjk", "sdf", "lkj",
+                       "poiu", "mnb", "gfd", "wer", "xcv", "oiu", "bnm", "ghj"]
+TEST_GIBBERISH = ["blorpt zinnik", "ksksksk", "mmm hmm grr", "qqqq pppp", "lorem ipsum dolor",
+                  "fwoomp bleh", "zzzzzz", "xkcd plonk wub", "ughhhh", "abc def ghi", "ñam ñam ñom"]
+
+# ---------------------------------------------------------------------------
+# Surface noise: polite wrappers, typos, casing, trailing punctuation.
+# Wrappers are split-specific so test phrasing is unseen.
+# ---------------------------------------------------------------------------
+
+WRAPPERS = {
+    "train": {"request": ["please ", "could you please ", "can you ", "could you "],
+              "vocative": ["hey, ", "ok phone, ", "hey phone "],
+              "suffix": [" please", " thanks", " thank you"]},
+    "test": {"request": ["would you kindly ", "I need you to ", "do me a favor and ", "kindly "],
+             "vocative": ["hey assistant, ", "yo, "],
+             "suffix": [" pls", " cheers", " if you can"]},
+}
+# Request-style prefixes only fit commands that start with an imperative verb.
+IMPERATIVE_VERBS = {
+    "set", "wake", "call", "ring", "phone", "dial", "give", "start", "get", "text", "send",
+    "message", "tell", "sms", "whatsapp", "shoot", "play", "put", "shuffle", "listen", "search",
+    "google", "look", "find", "navigate", "take", "drive", "show", "remind", "add", "create",
+    "schedule", "book", "turn", "switch", "enable", "disable", "kill", "activate", "deactivate",
+    "shut", "mute", "raise", "lower", "make", "change", "order", "translate", "buy", "flip",
+    "roll", "open", "read", "recommend", "write", "sing", "place", "connect", "drop", "compose",
+    "queue", "stream", "blast", "throw", "run", "check", "guide", "plot", "lead", "nudge",
+    "pencil", "block", "insert", "register", "power", "toggle", "cut", "go", "adjust", "bring",
+    "crank", "increase", "decrease", "pump", "calculate", "say", "reserve", "record", "scan",
+    "unlock", "clear", "empty", "alert", "buzz", "ping", "count",
+}
+QUESTION_WORDS = {"what's", "whats", "what", "will", "is", "can", "could", "would", "does",
+                  "how", "how's", "should", "any", "who", "are"}
+# Common misspellings applied (rarely) to template words, never to slot values.
+TYPOS = {"weather": ["wether", "weathr"], "message": ["mesage", "messge"], "reminder": ["remider"],
+         "calendar": ["calender", "calandar"], "volume": ["volum", "voulme"], "alarm": ["alarn"],
+         "timer": ["timr"], "directions": ["directons"],
+         "search": ["serach"], "navigate": ["navigte"], "remind": ["remnid"], "the": ["teh"],
+         "music": ["musik"], "forecast": ["forcast"], "tomorrow": ["tmrw"]}
+TYPO_RATE = 0.08
+
+PLACEHOLDER_RE = re.compile(r"\{([a-z_]+)\}")
+# Free-text slot values are wrapped in control-char markers while the text is
+# being transformed (casing etc.) so we can recover exactly what was written.
+MARK_OPEN, MARK_SEP, MARK_CLOSE = "\x01", "\x03", "\x02"
+MARK_RE = re.compile("\x01(\\d+)\x03(.*?)\x02")
+
+
+def inject_typo(template: str, rng: random.Random) -> str:
+    """Occasionally misspell one template word (outside placeholders)."""
+    if rng.random() >= TYPO_RATE:
+        return template
+    words = [w for w in re.findall(r"(?<![{\w])[a-z]+(?![\w}])", template) if w in TYPOS]
+    if not words:
+        return template
+    word = rng.choice(words)
+    return re.sub(rf"(?<![{{\w]){word}(?![\w}}])", rng.choice(TYPOS[word]), template, count=1)
+
+
+def first_word(marked: str) -> str:
+    return marked.split(" ", 1)[0].lower().rstrip(",:")
+
+
+def add_wrappers(marked: str, split: str, rng: random.Random) -> str:
+    """Polite prefixes / suffixes ("could you please ...", "... thanks")."""
+    w = WRAPPERS["test" if split == "test" else "train"]
+    r = rng.random()
+    if r < 0.16 and first_word(marked) in IMPERATIVE_VERBS:
+        marked = rng.choice(w["request"]) + marked
+    elif r < 0.22:
+        marked = rng.choice(w["vocative"]) + marked
+    # No suffix after a trailing free-text slot: "text Ann see you thanks" would
+    # make it unclear whether "thanks" belongs to the message.
+    if rng.random() < 0.08 and not marked.endswith(MARK_CLOSE):
+        marked += rng.choice(w["suffix"])
+    return marked
+
+
+def add_punctuation(marked: str, rng: random.Random) -> str:
+    """Trailing '?', '.' or '!' (questions get '?' more often)."""
+    if marked.endswith("."):  # e.g. "7 a.m." already ends with a dot
+        return marked
+    words = marked.lower().replace(",", "").split()
+    if words[0] in {"hey", "yo", "ok"} and len(words) > 2:  # skip a vocative
+        words = words[2:] if words[1] in {"phone", "assistant"} else words[1:]
+    # "do you ..." is a question, "do a web search ..." / "do me a favor ..." are not.
+    is_question = words[0] in QUESTION_WORDS or words[:2] in (["do", "you"], ["do", "i"])
+    r = rng.random()
+    if is_question:
+        return marked + "?" if r < 0.5 else marked
+    if r < 0.08:
+        return marked + "."
+    if r < 0.15:
+        return marked + "!"
+    return marked
+
+
+def apply_casing(marked: str, rng: random.Random) -> str:
+    """ALL CAPS, all lowercase, Sentence case or untouched."""
+    r = rng.random()
+    if r < 0.06:
+        return marked.upper()
+    if r < 0.26:
+        return marked.lower()
+    # Sentence case only when the text starts with a letter ("01:00 alarm" stays).
+    if r < 0.70 and MARK_RE.sub(lambda m: m.group(2), marked)[:1].isalpha():
+        # Marker headers hold no letters, so the first letter is the visible one.
+        for i, ch in enumerate(marked):
+            if ch.isalpha():
+                return marked[:i] + ch.upper() + marked[i + 1:]
+    return marked
+
+
+# ---------------------------------------------------------------------------
+# Example construction
+# ---------------------------------------------------------------------------
+
+def pool_split(split: str) -> str:
+    return "test" if split == "test" else "train"
+
+
+def unpack(template) -> tuple[str, dict]:
+    return (template, {}) if isinstance(template, str) else template
+
+
+def gibberish(rng: random.Random, split: str) -> str:
+    if split == "test":
+        return rng.choice(TEST_GIBBERISH)
+    chunks = [rng.choice(GIBBERISH_SYLLABLES) for _ in range(rng.randint(2, 3))]
+    return rng.choice([" ", ""]).join(chunks)
+
+
+def make_example(intent: str, split: str, rng: random.Random, template=None,
+                 force: dict | None = None) -> tuple[str, dict]:
+    """Build one (user text, slots) pair for ``intent`` in ``split``.
+
+    ``template``/``force`` pin the phrasing and some values (used for the
+    hard cases that every split must contain); forced rows skip random typos.
+    """
+    force = force or {}
+    ps = pool_split(split)
+    pools = POOLS[ps]
+    if template is None:
+        template = rng.choice(TEMPLATES[ps][intent])
+    text, fixed = unpack(template)
+    fixed = dict(fixed)
+    allowed_settings = fixed.pop("_settings", SETTINGS)
+    if not force:
+        text = inject_typo(text, rng)
+    slots: dict = dict(fixed)
+    span_slots: list[str] = []
+
+    def mark(slot: str, value: str) -> str:
+        span_slots.append(slot)
+        return f"{MARK_OPEN}{len(span_slots) - 1}{MARK_SEP}{value}{MARK_CLOSE}"
+
+    def fill(match: re.Match) -> str:
+        name = match.group(1)
+        if name in FREE_TEXT_PLACEHOLDERS:
+            slot, pool = FREE_TEXT_PLACEHOLDERS[name]
+            return mark(slot, rng.choice(pools[pool]))
+        if name == "time":
+            h, m, style = force.get("time") or (*pick_time(rng, ps, intent), None)
+            slots["time"] = f"{h:02d}:{m:02d}"
+            return render_time(rng, h, m, style)
+        if name in ("day", "on_day", "iday"):
+            phrase, value = render_day(rng, adverbial=name != "day")
+            if name == "iday":  # alarms have no day slot: the day word is ignored
+                return force.get("iday", phrase)
+            slots["day"] = value
+            return phrase
+        if name == "dur":
+            spec = force.get("dur") or pick_duration(rng, ps)
+            slots["seconds"] = duration_seconds(spec)
+            return render_duration(rng, spec)
+        if name == "a_dur_adj":
+            spec = pick_duration(rng, ps, adjectival=True)
+            slots["seconds"] = duration_seconds(spec)
+            return render_duration_adjective(rng, spec)
+        if name == "level":
+            n = rng.choice(VOLUME_LEVELS[ps])
+            slots["level"] = n
+            return render_level(rng, n)
+        if name in ("setting", "bare_setting"):
+            if "setting" in force:
+                key, form = force["setting"]
+            else:
+                key = rng.choice(allowed_settings)
+                forms = SETTING_FORMS[key]
+                if name == "bare_setting":
+                    forms = [f for f in forms if not f.startswith("the ")]
+                form = rng.choice(forms)
+            slots["setting"] = key
+            return form
+        # Unsupported fillers (no slots).
+        if name in ("a", "b"):
+            return str(rng.randint(2, 99))
+        if name == "n":
+            return _num(rng, rng.randint(2, 8))
+        if name == "pct":
+            return str(rng.choice(range(10, 100, 10)))
+        if name == "sq":
+            return str(rng.choice([16, 25, 36, 49, 64, 81, 144]))
+        if name in pools:
+            return rng.choice(pools[name])
+        raise KeyError(f"unknown placeholder {{{name}}} in {text!r}")
+
+    marked = PLACEHOLDER_RE.sub(fill, text)
+    marked = add_wrappers(marked, split, rng)
+    marked = add_punctuation(marked, rng)
+    marked = apply_casing(marked, rng)
+    marked = re.sub(r"\s+", " ", marked).strip()
+
+    for m in MARK_RE.finditer(marked):
+        slots[span_slots[int(m.group(1))]] = m.group(2)
+    user = MARK_RE.sub(lambda m: m.group(2), marked)
+    return user, slots
+
+
+def make_unsupported(split: str, rng: random.Random) -> tuple[str, dict]:
+    """Out-of-scope request, chit-chat or gibberish."""
+    ps = pool_split(split)
+    kind = rng.choices(["chitchat", "request", "gibberish"], weights=[40, 45, 15])[0]
+    if kind == "gibberish":
+        # Gibberish stays raw: no wrappers or punctuation, just random casing.
+        text = gibberish(rng, split)
+        return (text.upper() if rng.random() < 0.15 else text), {}
+    template = rng.choice(CHITCHAT[ps]) if kind == "chitchat" else None
+    if template is None:
+        return make_example("unsupported", split, rng)
+    return make_example("unsupported", split, rng, template=template)
+
+
+def build_row(user: str, intent: str, slots: dict) -> dict:
+    return {"messages": [{"role": "user", "content": user},
+                         {"role": "assistant", "content": assistant_json(intent, slots)}]}
+
+
+# Hard-but-fair cases that each of train and test must contain; the templates
+# come from that split's own template list.
+HARD_CASES = {
+    "train": [
+        ("set_alarm", "wake me {iday} at {time}", {"iday": "tomorrow", "time": (7, 0, "digits_ampm")}),
+        ("set_alarm", "set an alarm for {time} {iday}", {"iday": "on Monday"}),
+        ("set_alarm", "set an alarm for {time}", {"time": (20, 45, "relative_ampm")}),
+        ("set_alarm", "alarm {time}", {"time": (7, 0, "digits_ampm")}),
+        ("create_reminder", "remind me at {time} to {reminder}", {"time": (20, 15, "relative_ampm")}),
+        ("create_event", "new event {title} at {time}", {"time": (18, 30, "relative_period")}),
+        ("set_timer", "set a timer for {dur}", {"dur": ("phrase", "an hour and a half", 5400)}),
+        ("set_timer", "timer {dur}", {"dur": ("phrase", "two and a half minutes", 150)}),
+        ("set_timer", "buzz me in {dur}", {"dur": ("min", 20)}),
+        ("set_volume", ("mute", MUTE), {"plain": True}),
+        ("set_volume", ("turn the volume all the way up", MAX), {"plain": True}),
+        ("set_volume", ("louder", UP), {"plain": True}),
+        ("set_volume", ("quieter", DOWN), {"plain": True}),
+        ("toggle_setting", ("kill {setting}", OFF), {"setting": ("wifi", "the wifi")}),
+        ("toggle_setting", ("{bare_setting} on", ON), {"setting": ("airplane_mode", "flight mode")}),
+        ("toggle_setting", ("turn on {setting}", ON), {"setting": ("flashlight", "the torch")}),
+        ("toggle_setting", ("turn off {setting}", OFF), {"setting": ("do_not_disturb", "dnd")}),
+    ],
+    "test": [
+        ("set_alarm", "I need an alarm {iday} at {time}", {"iday": "tomorrow"}),
+        ("set_alarm", "get me up at {time}", {"time": (8, 45, "relative_ampm")}),
+        ("create_reminder", "nudge me {on_day} at {time} to {reminder}", {"time": (16, 45, "relative_ampm")}),
+        ("create_event", "pencil in {title} for {day} at {time}", {"time": (15, 30, "relative_period")}),
+        ("set_timer", "I need a timer for {dur}", {"dur": ("phrase", "an hour and a half", 5400)}),
+        ("set_timer", "put a timer on for {dur}", {"dur": ("phrase", "two and a half minutes", 150)}),
+        ("set_timer", "ping me in {dur}", {"dur": ("min", 35)}),
+        ("set_volume", ("mute the sound", MUTE), {"plain": True}),
+        ("set_volume", ("turn the sound all the way up", MAX), {"plain": True}),
+        ("set_volume", ("a bit louder", UP), {"plain": True}),
+        ("set_volume", ("a little quieter", DOWN), {"plain": True}),
+        ("toggle_setting", ("kill {setting} right now", OFF), {"setting": ("wifi", "the wifi")}),
+        ("toggle_setting", ("{bare_setting} on right away", ON), {"setting": ("airplane_mode", "flight mode")}),
+        ("toggle_setting", ("flip {setting} on", ON), {"setting": ("flashlight", "the torch")}),
+        ("toggle_setting", ("toggle {setting} off", OFF), {"setting": ("do_not_disturb", "DND")}),
+    ],
+}
+
+
+def intent_quotas(size: int) -> dict[str, int]:
+    """~15% unsupported, the rest spread evenly over the 12 command intents."""
+    unsupported = round(size * UNSUPPORTED_SHARE)
+    base, extra = divmod(size - unsupported, len(COMMAND_INTENTS))
+    quotas = {intent: base + (1 if i < extra else 0) for i, intent in enumerate(COMMAND_INTENTS)}
+    quotas["unsupported"] = unsupported
+    return quotas
+
+
+def build_split(split: str, rng: random.Random, seen: set[str]) -> list[dict]:
+    """Generate one split; ``seen`` holds user strings already used anywhere."""
+    quotas = intent_quotas(SPLIT_SIZES[split])
+    rows: list[dict] = []
+
+    def add(factory) -> None:
+        for _ in range(MAX_ATTEMPTS):
+            user, slots, intent = factory()
+            if user not in seen:
+                seen.add(user)
+                row = build_row(user, intent, slots)
+                validate_row(row)
+                rows.append(row)
+                return
+        raise RuntimeError(f"{split}: could not find a fresh example")
+
+    templates = TEMPLATES[pool_split(split)]
+    for intent, template, force in HARD_CASES.get(split, []):
+        if template not in templates[intent]:
+            raise ValueError(f"hard case template {template!r} is not a {split} template")
+        add(lambda: (*make_example(intent, split, rng, template, force), intent))
+        quotas[intent] -= 1
+    for intent in INTENTS:
+        for _ in range(quotas[intent]):
+            if intent == "unsupported":
+                add(lambda: (*make_unsupported(split, rng), "unsupported"))
+            else:
+                add(lambda: (*make_example(intent, split, rng), intent))
+    rng.shuffle(rows)
+    return rows
+
+
+# ---------------------------------------------------------------------------
+# Global checks
+# ---------------------------------------------------------------------------
+
+def check_disjoint_design() -> None:
+    """Test templates, wrappers, value pools, times and durations are unseen in train."""
+    for intent in INTENTS:
+        train_t = {unpack(t)[0] for t in TEMPLATES["train"][intent]}
+        test_t = {unpack(t)[0] for t in TEMPLATES["test"][intent]}
+        assert not train_t & test_t, f"{intent}: templates shared {train_t & test_t}"
+        if intent != "unsupported":
+            assert len(train_t) >= 8, f"{intent}: needs >= 8 train templates"
+    assert not set(CHITCHAT["train"]) & set(CHITCHAT["test"])
+    for part in ("request", "vocative", "suffix"):
+        assert not set(WRAPPERS["train"][part]) & set(WRAPPERS["test"][part])
+    train_values = {v.casefold() for k, vs in POOLS["train"].items() for v in vs}
+    for key in POOLS["test"]:
+        overlap = {v for v in POOLS["test"][key] if v.casefold() in train_values}
+        assert not overlap, f"test pool {key!r} overlaps train values: {overlap}"
+    train_secs = {duration_seconds((k, *((v,) if not isinstance(v, tuple) else v)))
+                  for k, vs in DURATIONS["train"].items() for v in vs}
+    test_secs = {duration_seconds((k, *((v,) if not isinstance(v, tuple) else v)))
+                 for k, vs in DURATIONS["test"].items() for v in vs}
+    assert not train_secs & test_secs, f"durations shared: {train_secs & test_secs}"
+    assert not set(VOLUME_LEVELS["train"]) & set(VOLUME_LEVELS["test"])
+    assert not set(TEST_GIBBERISH) & set(GIBBERISH_SYLLABLES)
+
+
+def slot_values(rows: list[dict], keys: set[str]) -> set:
+    out = set()
+    for row in rows:
+        slots = json.loads(row["messages"][1]["content"])["slots"]
+        out |= {(k, str(v).casefold() if k in FREE_TEXT_SLOTS else v)
+                for k, v in slots.items() if k in keys}
+    return out
+
+
+def check_splits(splits: dict[str, list[dict]]) -> None:
+    """Row-level guarantees: no leakage of test strings / values into train or val."""
+    users = {s: [r["messages"][0]["content"] for r in rows] for s, rows in splits.items()}
+    train_val_users = set(users["train"]) | set(users["val"])
+    assert not set(users["val"]) & set(users["train"]), "val repeats a train row"
+    assert not set(users["test"]) & train_val_users, "test user string seen in train/val"
+    seen_rows = splits["train"] + splits["val"]
+    free = {(k, v) for k, v in slot_values(splits["test"], FREE_TEXT_SLOTS)}
+    free_seen = {v for _, v in slot_values(seen_rows, FREE_TEXT_SLOTS)}
+    leaked = {v for _, v in free if v in free_seen}
+    assert not leaked, f"test free-text values seen in train/val: {leaked}"
+    shared_times = {f"{h:02d}:{m:02d}" for h, m in SHARED_TIMES}
+    t_test = {v for _, v in slot_values(splits["test"], {"time"})} - shared_times
+    assert not t_test & {v for _, v in slot_values(seen_rows, {"time"})}, "test time seen in train"
+    d_test = {v for _, v in slot_values(splits["test"], {"seconds"})} - SHARED_SECONDS
+    assert not d_test & {v for _, v in slot_values(seen_rows, {"seconds"})}, "test duration seen in train"
+    for split, rows in splits.items():
+        intents = Counter(json.loads(r["messages"][1]["content"])["intent"] for r in rows)
+        assert set(intents) == set(INTENTS), f"{split}: missing intents"
+        share = intents["unsupported"] / len(rows)
+        assert 0.13 <= share <= 0.17, f"{split}: unsupported share {share:.2f}"
+
+
+# ---------------------------------------------------------------------------
+# Main
+# ---------------------------------------------------------------------------
+
+def generate() -> dict[str, list[dict]]:
+    check_disjoint_design()
+    rng = random.Random(SEED)
+    seen: set[str] = set()
+    splits = {split: build_split(split, rng, seen) for split in ("train", "val", "test")}
+    check_splits(splits)
+    return splits
+
+
+def write_splits(splits: dict[str, list[dict]]) -> None:
+    for split, rows in splits.items():
+        path = OUT_DIR / f"{split}.jsonl"
+        with open(path, "w", encoding="utf-8", newline="\n") as f:
+            for row in rows:
+                validate_row(row)
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def report(splits: dict[str, list[dict]]) -> None:
+    header = f"{'intent':<16}" + "".join(f"{s:>7}" for s in splits)
+    print(header)
+    counts = {s: Counter(json.loads(r["messages"][1]["content"])["intent"] for r in rows)
+              for s, rows in splits.items()}
+    for intent in INTENTS:
+        print(f"{intent:<16}" + "".join(f"{counts[s][intent]:>7}" for s in splits))
+    print(f"{'TOTAL':<16}" + "".join(f"{len(rows):>7}" for rows in splits.values()))
+    for split in splits:
+        digest = hashlib.sha256((OUT_DIR / f"{split}.jsonl").read_bytes()).hexdigest()
+        print(f"sha256 {split}.jsonl {digest}")
+
+
+def main() -> int:
+    splits = generate()
+    write_splits(splits)
+    report(splits)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
