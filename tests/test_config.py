@@ -1,0 +1,127 @@
+"""Recipe loading: every kind of bad input gives a one-line error with its path, exit code 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edgesft.cli import main
+from edgesft.config import Recipe, load_recipe, section_fields
+from edgesft.errors import RecipeError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", ["phone", "laptop", "ci-smoke"])
+def test_shipped_recipes_validate_and_open_with_a_comment_block(name: str) -> None:
+    path = ROOT / "recipes" / f"{name}.yaml"
+    recipe = load_recipe(path)
+    assert recipe.name == name
+    head = path.read_text().splitlines()[:3]
+    assert all(line.startswith("#") for line in head)
+    assert "edgesft run" in path.read_text().split("\n\n")[0]
+
+
+def _errors(path: Path, overrides: list[str] | None = None) -> list[str]:
+    with pytest.raises(RecipeError) as exc:
+        load_recipe(path, overrides)
+    return exc.value.problems
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    (err,) = _errors(tmp_path / "nope.yaml")
+    assert "nope.yaml: recipe file not found" in err
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path: Path) -> None:
+    p = tmp_path / "r.yaml"
+    p.write_text("name: x\ntrain:\n  method: lora\n   bad: [1, 2\n")
+    (err,) = _errors(p)
+    assert err.startswith(f"{p}:4: YAML syntax error") or err.startswith(f"{p}:5: YAML syntax error")
+
+
+def test_unknown_key_did_you_mean_with_line(tmp_path: Path, recipe_file: Path) -> None:
+    text = recipe_file.read_text().replace("learning_rate:", "learnig_rate:")
+    recipe_file.write_text(text)
+    line = next(i for i, t in enumerate(text.splitlines(), 1) if "learnig_rate" in t)
+    (err,) = _errors(recipe_file)
+    assert f"{recipe_file}:{line}: train.learnig_rate: unknown key 'learnig_rate'" in err
+    assert "did you mean 'learning_rate'?" in err
+
+
+def test_wrong_type_and_out_of_range_reported_together(recipe_file: Path) -> None:
+    text = recipe_file.read_text().replace("batch_size: 8", "batch_size: eight").replace(
+        "learning_rate: 0.003", "learning_rate: -1"
+    )
+    recipe_file.write_text(text)
+    errs = _errors(recipe_file)
+    assert len(errs) == 2
+    assert any("train.batch_size: Input should be a valid integer" in e and "'eight'" in e for e in errs)
+    assert any("train.learning_rate: Input should be greater than 0" in e for e in errs)
+
+
+def test_bad_enum_value(recipe_file: Path) -> None:
+    (err,) = _errors(recipe_file, ["train.method=lorra"])
+    assert err.startswith("override: train.method: must be")
+    assert "'qlora'" in err
+
+
+def test_stage_combination_that_cannot_work(recipe_file: Path) -> None:
+    errs = _errors(recipe_file, ["data.val_fraction=0", "train.early_stopping_patience=2", "eval.max_new_tokens=500"])
+    assert any("train.early_stopping_patience: early stopping needs a validation split" in e for e in errs)
+    assert any("eval.max_new_tokens: must be below data.max_length" in e for e in errs)
+
+
+def test_missing_data_file_named(recipe_file: Path) -> None:
+    (err,) = _errors(recipe_file, ["data.test=missing.jsonl"])
+    assert "data.test: file not found" in err and "missing.jsonl" in err
+
+
+def test_overrides_apply_with_yaml_types(recipe_file: Path) -> None:
+    r = load_recipe(recipe_file, ["train.max_steps=9", "train.lora.r=4", "data.packing=true", "model.system_prompt=Be brief."])
+    assert (r.train.max_steps, r.train.lora.r, r.data.packing) == (9, 4, True)
+    assert r.model.system_prompt == "Be brief."
+
+
+def test_unknown_override_key(recipe_file: Path) -> None:
+    (err,) = _errors(recipe_file, ["train.lr=0.1"])
+    assert err.startswith("override: train.lr: unknown key 'lr'")
+
+
+def test_malformed_override(recipe_file: Path) -> None:
+    (err,) = _errors(recipe_file, ["train.max_steps"])
+    assert "expected key.path=value" in err
+
+
+def test_cli_exit_code_2_and_no_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    p = tmp_path / "r.yaml"
+    p.write_text("train:\n  methd: lora\n  batch_size: 0\n")
+    assert main(["validate", str(p)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert all(line.startswith("error: ") for line in lines)
+    assert any("train.methd: unknown key 'methd' (did you mean 'method'?)" in line for line in lines)
+    assert any("train.batch_size" in line for line in lines)
+
+
+def test_every_field_has_a_docstring() -> None:
+    rows = section_fields(Recipe)
+    assert len(rows) > 50
+    missing = [name for name, _, _, desc in rows if not desc]
+    assert not missing
+
+
+def test_readme_documents_every_field_and_stage() -> None:
+    from edgesft.stages import STAGES
+
+    readme = (ROOT / "README.md").read_text()
+    for name, *_ in section_fields(Recipe):
+        assert f"`{name}`" in readme, f"README lacks recipe field {name}"
+    for stage in STAGES:
+        assert f"`{stage}`" in readme
+    from edgesft.cli import COMMANDS
+
+    for cmd in COMMANDS:
+        assert f"edgesft {cmd}" in readme

@@ -1,0 +1,116 @@
+"""The train stage on the tiny model: every method learns, resume after a kill, DDP on CPU, eval."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edgesft.config import load_recipe
+from edgesft.pipeline import run_pipeline
+from edgesft.stages import STAGES
+from tests.conftest import ROOT, write_recipe
+
+METHOD_SETTINGS = {
+    "qlora": {"learning_rate": 5e-3},
+    "lora": {"learning_rate": 5e-3},
+    "dora": {"learning_rate": 5e-3},
+    "full": {"learning_rate": 2e-3},
+    "freeze": {"learning_rate": 5e-3, "trainable_layers": 1},
+    "prompt_tuning": {"learning_rate": 3e-2},
+    "output_layer": {"learning_rate": 5e-3},
+}
+
+
+def _train(tmp_path: Path, **train: object) -> dict:
+    recipe = load_recipe(write_recipe(tmp_path, train=train))
+    return run_pipeline(recipe, STAGES, log=lambda _m: None)["train"]
+
+
+@pytest.mark.parametrize("method", list(METHOD_SETTINGS))
+def test_each_method_lowers_the_loss(tmp_path: Path, method: str) -> None:
+    m = _train(tmp_path, method=method, max_steps=8, eval_steps=8, **METHOD_SETTINGS[method])
+    curve = json.loads((tmp_path / "runs" / "t" / "train" / "loss_curve.json").read_text())["train"]
+    first, last = curve[0]["loss"], curve[-1]["loss"]
+    assert last < first, f"{method}: loss {first:.4f} -> {last:.4f}"
+    metrics, info = m["metrics"], m["info"]
+    assert metrics["method"] == method and metrics["steps"] == 8
+    assert 0 < metrics["params_trainable"] < metrics["params_total"] or method == "full"
+    assert metrics["train_tokens_per_s"] > 0 and metrics["peak_memory_mb"] > 0
+    assert "exact_match" in metrics["test"] and metrics["val_perplexity"] > 1
+    out = tmp_path / "runs" / "t" / "train"
+    if info["kind"] == "adapter":
+        assert (out / "adapter" / "adapter_config.json").is_file()
+    else:
+        from transformers import AutoModelForCausalLM
+
+        AutoModelForCausalLM.from_pretrained(out / "model")
+
+
+def test_early_stopping_keeps_the_best_checkpoint(tmp_path: Path) -> None:
+    m = _train(tmp_path, learning_rate=0.5, max_steps=30, eval_steps=2, early_stopping_patience=1)["metrics"]
+    assert m["early_stopped"] and m["steps"] < 30
+    assert m["best_step"] is not None and m["best_val_loss"] is not None
+
+
+def _cli(args: list[str], env: dict[str, str] | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "edgesft.cli", *args], cwd=cwd, capture_output=True, text=True,
+        env={**os.environ, **(env or {})}, timeout=600,
+    )
+
+
+def test_resume_after_kill_reaches_the_same_loss(tmp_path: Path) -> None:
+    train = {"max_steps": 12, "eval_steps": 4, "save_steps": 4, "logging_steps": 1}
+    straight = write_recipe(tmp_path / "a", train=train)
+    assert _cli(["run", str(straight)]).returncode == 0
+    resumed = write_recipe(tmp_path / "b", train=train)
+    killed = _cli(["run", str(resumed)], env={"EDGESFT_FAULT_AFTER_STEP": "8"})
+    assert killed.returncode == 137
+    run_dir = tmp_path / "b" / "runs" / "t"
+    assert not (run_dir / "train" / "manifest.json").exists()
+    assert (run_dir / ".work" / "train" / "checkpoints" / "checkpoint-8").is_dir()
+    again = _cli(["run", str(resumed)])
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "[data] cache hit" in again.stdout
+    a = json.loads((tmp_path / "a" / "runs" / "t" / "train" / "manifest.json").read_text())["metrics"]
+    b = json.loads((run_dir / "train" / "manifest.json").read_text())["metrics"]
+    assert b["resumed_from_step"] == 8 and a["resumed_from_step"] is None
+    assert b["final_train_loss"] == pytest.approx(a["final_train_loss"], rel=1e-3)
+    assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-3)
+    assert not (run_dir / ".work" / "train").exists()  # checkpoints cleaned after success
+
+
+def test_ddp_two_processes_on_cpu_agree(tmp_path: Path) -> None:
+    recipe = write_recipe(tmp_path, train={"max_steps": 4, "eval_steps": 4, "threads": 1})
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+         "-m", "edgesft.cli", "run", str(recipe)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = json.loads((tmp_path / "runs" / "t" / "train" / "manifest.json").read_text())["metrics"]
+    assert m["world_size"] == 2
+    sums = m["rank_param_checksums"]
+    assert len(sums) == 2 and sums[0] == sums[1]
+
+
+def test_eval_command_on_a_stage_and_a_model(tmp_path: Path) -> None:
+    recipe = write_recipe(tmp_path)
+    assert _cli(["run", str(recipe)]).returncode == 0
+    data = ROOT / "recipes" / "data" / "ci_smoke" / "test.jsonl"
+    out = _cli(["eval", str(tmp_path / "runs" / "t" / "train"), "--data", str(data), "--max-rows", "3", "--json"])
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout)
+    assert result["metrics"]["n"] == 3 and len(result["samples"]) == 3
+    for key in ("exact_match", "intent_accuracy", "slot_f1", "valid_json", "perplexity"):
+        assert key in result["metrics"]
+    plain = _cli(["eval", "tiny-llama", "--data", str(data), "--max-rows", "2"])
+    assert plain.returncode == 0 and "exact_match" in plain.stdout
+    bad = _cli(["eval", "tiny-llama", "--data", str(tmp_path / "none.jsonl")])
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and "--data: file not found" in bad.stderr
