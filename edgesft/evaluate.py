@@ -105,6 +105,7 @@ def loss_and_perplexity(model: Any, tok: Any, rows: list[Row], max_length: int, 
             mask[j, : len(a)] = 1
         with torch.inference_mode():
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+        logits = logits[:, -width:]  # a soft prompt (prompt tuning) prepends virtual positions
         shift_logits, shift_labels = logits[:, :-1], lab[:, 1:].to(device)
         nll = torch.nn.functional.cross_entropy(
             shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1), ignore_index=-100, reduction="sum"

@@ -42,6 +42,7 @@ def write_recipe(folder: Path, **sections: Any) -> Path:
             recipe[key] = {**recipe[key], **value}
         else:
             recipe[key] = value
+    folder.mkdir(parents=True, exist_ok=True)
     path = folder / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
     return path

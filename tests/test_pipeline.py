@@ -90,7 +90,8 @@ def test_corrupt_or_incomplete_stage_is_rebuilt(recipe) -> None:
     (run_dir / "data" / "manifest.json").write_text("{ truncated")
     CALLS.clear()
     _run(recipe())
-    assert CALLS == ["data", "train"]
+    # data is rebuilt; its outputs come out byte-identical, so train's content-addressed key still matches
+    assert CALLS == ["data"]
     (run_dir / "train" / "manifest.json").unlink()
     CALLS.clear()
     _run(recipe())

@@ -21,7 +21,7 @@ METHOD_SETTINGS = {
     "dora": {"learning_rate": 5e-3},
     "full": {"learning_rate": 2e-3},
     "freeze": {"learning_rate": 5e-3, "trainable_layers": 1},
-    "prompt_tuning": {"learning_rate": 3e-2},
+    "prompt_tuning": {"learning_rate": 0.3},
     "output_layer": {"learning_rate": 5e-3},
 }
 
@@ -34,9 +34,12 @@ def _train(tmp_path: Path, **train: object) -> dict:
 @pytest.mark.parametrize("method", list(METHOD_SETTINGS))
 def test_each_method_lowers_the_loss(tmp_path: Path, method: str) -> None:
     m = _train(tmp_path, method=method, max_steps=8, eval_steps=8, **METHOD_SETTINGS[method])
-    curve = json.loads((tmp_path / "runs" / "t" / "train" / "loss_curve.json").read_text())["train"]
+    # Validation loss on the same rows before (step 0) and after training: per-batch training loss on a
+    # random model is too noisy to compare.
+    curve = json.loads((tmp_path / "runs" / "t" / "train" / "loss_curve.json").read_text())["val"]
+    assert curve[0]["step"] == 0
     first, last = curve[0]["loss"], curve[-1]["loss"]
-    assert last < first, f"{method}: loss {first:.4f} -> {last:.4f}"
+    assert last < first, f"{method}: validation loss {first:.4f} -> {last:.4f}"
     metrics, info = m["metrics"], m["info"]
     assert metrics["method"] == method and metrics["steps"] == 8
     assert 0 < metrics["params_trainable"] < metrics["params_total"] or method == "full"

@@ -419,6 +419,7 @@ def run(recipe: Recipe, inputs: StageInputs, out_dir: Path) -> StageResult:
         max_steps=cfg.max_steps or -1,
         eval_strategy="steps" if has_val else "no",
         eval_steps=cfg.eval_steps,
+        eval_on_start=has_val,  # the loss curve starts at the base model's validation loss
         save_strategy="steps",
         save_steps=save_steps,
         save_total_limit=2,
