@@ -38,7 +38,18 @@ def main() -> None:
     if not a.keep_base_eval:
         shutil.rmtree(cache_root() / "evals", ignore_errors=True)
     root = Path(tempfile.mkdtemp(prefix="edgesft-bench-"))
-    cmd = [sys.executable, "-m", "edgesft.cli", "run", a.recipe, "--until", "train", "--root", str(root), *a.overrides]
+    cmd = [
+        sys.executable,
+        "-m",
+        "edgesft.cli",
+        "run",
+        a.recipe,
+        "--until",
+        "train",
+        "--root",
+        str(root),
+        *a.overrides,
+    ]
     t0 = time.perf_counter()
     subprocess.run(cmd, cwd=ROOT, check=True)
     wall = time.perf_counter() - t0
@@ -53,27 +64,53 @@ def main() -> None:
         "command": " ".join(["edgesft", "run", a.recipe, "--until", "train", *a.overrides]),
         "wall_s": round(wall, 1),
         "stage_s": {s: manifests[s]["duration_s"] for s in manifests},
-        "train": {k: m[k] for k in ("method", "dtype", "steps", "epochs", "early_stopped", "train_tokens",
-                                     "train_seconds", "train_tokens_per_s", "peak_memory_mb", "params_trainable",
-                                     "val_loss", "val_perplexity")},
+        "train": {
+            k: m[k]
+            for k in (
+                "method",
+                "dtype",
+                "steps",
+                "epochs",
+                "early_stopped",
+                "train_tokens",
+                "train_seconds",
+                "train_tokens_per_s",
+                "peak_memory_mb",
+                "params_trainable",
+                "val_loss",
+                "val_perplexity",
+            )
+        },
         "tuned": tuned,
-        "base": {**base, "val_loss": m["base"].get("val_loss"), "val_perplexity": m["base"].get("val_perplexity")},
+        "base": {
+            **base,
+            "val_loss": m["base"].get("val_loss"),
+            "val_perplexity": m["base"].get("val_perplexity"),
+        },
     }
     out = ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"phone_train-{result['date']}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print()
-    print(f"`{result['command']}`: {wall / 60:.1f} min wall ({result['stage_s']['train']:.0f} s train stage), "
-          f"{m['steps']} steps, {m['train_tokens_per_s']:.0f} train tok/s ({m['dtype']}, {m['threads']} threads), "
-          f"peak RSS {m['peak_memory_mb']:.0f} MB")
+    print(
+        f"`{result['command']}`: {wall / 60:.1f} min wall ({result['stage_s']['train']:.0f} s train stage), "
+        f"{m['steps']} steps, {m['train_tokens_per_s']:.0f} train tok/s ({m['dtype']}, {m['threads']} threads), "
+        f"peak RSS {m['peak_memory_mb']:.0f} MB"
+    )
     print()
-    print("| model (test split, greedy) | exact-match | intent acc. | slot F1 | valid JSON | val perplexity |")
+    print(
+        "| model (test split, greedy) | exact-match | intent acc. | slot F1 | valid JSON | val perplexity |"
+    )
     print("|---|---|---|---|---|---|")
-    print(f"| SmolLM2-135M-Instruct, untuned | {base['exact_match']:.1%} | {base['intent_accuracy']:.1%} | "
-          f"{base['slot_f1']:.3f} | {base['valid_json']:.1%} | {m['base'].get('val_perplexity', float('nan')):.2f} |")
-    print(f"| tuned ({m['method']}) | {tuned['exact_match']:.1%} | {tuned['intent_accuracy']:.1%} | "
-          f"{tuned['slot_f1']:.3f} | {tuned['valid_json']:.1%} | {m['val_perplexity']:.3f} |")
+    print(
+        f"| SmolLM2-135M-Instruct, untuned | {base['exact_match']:.1%} | {base['intent_accuracy']:.1%} | "
+        f"{base['slot_f1']:.3f} | {base['valid_json']:.1%} | {m['base'].get('val_perplexity', float('nan')):.2f} |"
+    )
+    print(
+        f"| tuned ({m['method']}) | {tuned['exact_match']:.1%} | {tuned['intent_accuracy']:.1%} | "
+        f"{tuned['slot_f1']:.3f} | {tuned['valid_json']:.1%} | {m['val_perplexity']:.3f} |"
+    )
     print(f"\nwritten {path}")
     shutil.rmtree(root, ignore_errors=True)
 

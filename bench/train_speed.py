@@ -27,14 +27,22 @@ sys.path.insert(0, str(ROOT))
 
 
 def _rows(recipe: Any, n: int) -> list[Any]:
-    from edgesft.data import read_rows, ReadReport
+    from edgesft.data import ReadReport, read_rows
 
     files = [recipe.resolve_path(p) for p in recipe.data.train]
     return read_rows(files, recipe.data.format, "skip", ReadReport())[:n]
 
 
-def _timed_trainer(cls: Any, model: Any, ds: list[dict[str, Any]], collator: Any, steps: int, bf16: bool,
-                   batch: int, seed: int) -> float:
+def _timed_trainer(
+    cls: Any,
+    model: Any,
+    ds: list[dict[str, Any]],
+    collator: Any,
+    steps: int,
+    bf16: bool,
+    batch: int,
+    seed: int,
+) -> float:
     """Tokens/s over steps 2..N (step 1 warms up kernels and allocators)."""
     from transformers import TrainerCallback, TrainingArguments
 
@@ -45,10 +53,21 @@ def _timed_trainer(cls: Any, model: Any, ds: list[dict[str, Any]], collator: Any
             marks.append((time.perf_counter(), state.num_input_tokens_seen))
 
     args = TrainingArguments(
-        output_dir="/tmp/edgesft-bench-train", per_device_train_batch_size=batch, max_steps=steps,
-        learning_rate=1e-4, bf16=bf16, use_cpu=True, report_to=[], save_strategy="no", logging_strategy="no",
-        disable_tqdm=True, remove_unused_columns=False, include_num_input_tokens_seen="non_padding",
-        group_by_length=True, seed=seed, data_seed=seed,
+        output_dir="/tmp/edgesft-bench-train",
+        per_device_train_batch_size=batch,
+        max_steps=steps,
+        learning_rate=1e-4,
+        bf16=bf16,
+        use_cpu=True,
+        report_to=[],
+        save_strategy="no",
+        logging_strategy="no",
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        include_num_input_tokens_seen="non_padding",
+        group_by_length=True,
+        seed=seed,
+        data_seed=seed,
     )
     trainer = cls(model=model, args=args, train_dataset=ds, data_collator=collator, callbacks=[Clock()])
     trainer.train()
@@ -71,7 +90,14 @@ def main() -> None:
     from edgesft.chat import prepare_tokenizer
     from edgesft.config import load_recipe
     from edgesft.models import resolve_model
-    from edgesft.stages.train import METHODS, Collator, encode_rows, make_trainer_class, pick_dtype, set_threads
+    from edgesft.stages.train import (
+        METHODS,
+        Collator,
+        encode_rows,
+        make_trainer_class,
+        pick_dtype,
+        set_threads,
+    )
 
     recipe = load_recipe(a.recipe, [f"train.method={a.method}"] if a.method else [])
     cfg = recipe.train
@@ -80,8 +106,13 @@ def main() -> None:
     base = resolve_model(recipe.model, recipe._base_dir).path
     tok = AutoTokenizer.from_pretrained(base)
     prepare_tokenizer(tok, recipe.model.system_prompt, recipe.model.extra_special_tokens)
-    ds = encode_rows(_rows(recipe, cfg.batch_size * a.steps), tok, recipe.data.max_length,
-                     recipe.data.train_on_prompt, recipe.data.packing)
+    ds = encode_rows(
+        _rows(recipe, cfg.batch_size * a.steps),
+        tok,
+        recipe.data.max_length,
+        recipe.data.train_on_prompt,
+        recipe.data.packing,
+    )
     collator = Collator(tok.pad_token_id)
     runners = {
         "edgesft": (make_trainer_class(), dtype == "bfloat16"),
@@ -97,15 +128,20 @@ def main() -> None:
             results[name].append(tps)
             print(f"round {r + 1}/{a.rounds} {name:20s} {tps:7.1f} tok/s", flush=True)
             del model
-    ratio_same = statistics.median(e / p for e, p in zip(results["edgesft"], results["plain_same_dtype"], strict=True))
+    ratio_same = statistics.median(
+        e / p for e, p in zip(results["edgesft"], results["plain_same_dtype"], strict=True)
+    )
     ratio_default = statistics.median(
         e / p for e, p in zip(results["edgesft"], results["plain_fp32_default"], strict=True)
     )
     summary = {
         "benchmark": "train_speed",
         "date": date.today().isoformat(),
-        "machine": {"cpu": platform.processor() or platform.machine(), "threads": threads,
-                    "torch": torch.__version__},
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "threads": threads,
+            "torch": torch.__version__,
+        },
         "recipe": Path(a.recipe).name,
         "method": cfg.method,
         "dtype": dtype,
@@ -120,7 +156,9 @@ def main() -> None:
     print("|---|---|---|")
     for k, v in results.items():
         print(f"| {k} | {statistics.median(v):.1f} | {', '.join(f'{x:.0f}' for x in v)} |")
-    print(f"\nedgesft / plain Trainer+PEFT (same config, {dtype}): {ratio_same:.2f}x (median of per-round ratios)")
+    print(
+        f"\nedgesft / plain Trainer+PEFT (same config, {dtype}): {ratio_same:.2f}x (median of per-round ratios)"
+    )
     print(f"edgesft / plain Trainer+PEFT (fp32 defaults):        {ratio_default:.2f}x")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -30,8 +30,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from edgesft.stages import STAGES
 
     recipe = load_recipe(args.recipe, args.overrides)
-    print(f"{args.recipe}: ok (name {recipe.name!r}, stages: {', '.join(STAGES)}, "
-          f"model {recipe.model.base!r}, method {recipe.train.method!r})")
+    print(
+        f"{args.recipe}: ok (name {recipe.name!r}, stages: {', '.join(STAGES)}, "
+        f"model {recipe.model.base!r}, method {recipe.train.method!r})"
+    )
     return 0
 
 
@@ -74,8 +76,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from edgesft.evaluate import evaluate_target
 
     result = evaluate_target(
-        args.target, Path(args.data), task=args.task, max_rows=args.max_rows,
-        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, progress=not args.json,
+        args.target,
+        Path(args.data),
+        task=args.task,
+        max_rows=args.max_rows,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        progress=not args.json,
     )
     if args.json:
         print(json.dumps(result, indent=2))
@@ -105,7 +112,8 @@ def cmd_recipe_reference(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="edgesft", description="Fine-tune, compress, export and verify small language models for the edge."
+        prog="edgesft",
+        description="Fine-tune, compress, export and verify small language models for the edge.",
     )
     p.add_argument("--version", action="version", version=f"edgesft {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
@@ -119,7 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("recipe")
     r.add_argument("overrides", nargs="*", metavar="key.path=value")
     r.add_argument("--force", action="store_true", help="re-run every stage")
-    r.add_argument("--from", dest="from_stage", metavar="STAGE", help="re-run this stage and the ones after it")
+    r.add_argument(
+        "--from", dest="from_stage", metavar="STAGE", help="re-run this stage and the ones after it"
+    )
     r.add_argument("--until", metavar="STAGE", help="stop after this stage")
     r.add_argument("--root", help="run folder root (overrides run_root)")
     r.set_defaults(func=cmd_run)

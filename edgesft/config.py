@@ -58,8 +58,12 @@ class ModelConfig(_Section):
     prefill time on a phone."""
     extra_special_tokens: list[str] = Field(default_factory=list)
     """Special tokens added to the tokenizer; the embedding matrix is resized and the new rows trained."""
-    tiny: TinyModelConfig = Field(default_factory=TinyModelConfig)
+    tiny: TinyModelConfig = Field(default_factory=lambda: TinyModelConfig())
     """Shape of the random model when `base` is `tiny-llama`."""
+
+
+AugmentOp = Literal["case", "punctuation", "filler", "typo"]
+DEFAULT_AUGMENT_OPS: tuple[AugmentOp, ...] = ("case", "punctuation", "filler")
 
 
 class AugmentConfig(_Section):
@@ -69,9 +73,7 @@ class AugmentConfig(_Section):
     """Add augmented copies of training rows (never of validation or test rows)."""
     copies: int = Field(1, ge=1, le=10)
     """Augmented copies per training row."""
-    ops: list[Literal["case", "punctuation", "filler", "typo"]] = Field(
-        default_factory=lambda: ["case", "punctuation", "filler"]
-    )
+    ops: list[AugmentOp] = Field(default_factory=lambda: list(DEFAULT_AUGMENT_OPS))
     """Noise applied to the user turn: `case` (lower/upper/title), `punctuation` (drop or add trailing
     punctuation), `filler` (um, please, hey), `typo` (swap two adjacent letters in one word)."""
     prob: float = Field(0.5, gt=0.0, le=1.0)
@@ -115,7 +117,7 @@ class DataConfig(_Section):
     """Rows whose assistant turn has fewer characters are dropped as empty."""
     label_key: str | None = None
     """Key of a JSON assistant answer counted per value in the data summary (e.g. `intent`)."""
-    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    augment: AugmentConfig = Field(default_factory=lambda: AugmentConfig())
     """Augmentation of training rows."""
 
     @model_validator(mode="before")
@@ -131,7 +133,7 @@ class LoraSection(_Section):
 
     r: int = Field(16, ge=1, le=1024)
     """Rank of the update matrices."""
-    alpha: float = Field(32.0, gt=0)
+    alpha: int = Field(32, ge=1)
     """Scaling numerator (the update is scaled by alpha / r)."""
     dropout: float = Field(0.05, ge=0.0, lt=1.0)
     """Dropout on the adapter input."""
@@ -166,11 +168,11 @@ class TrainConfig(_Section):
     method: Literal["qlora", "lora", "dora", "full", "freeze", "prompt_tuning", "output_layer"] = "qlora"
     """`qlora` (LoRA on a 4-bit nf4 base), `lora`, `dora`, `full`, `freeze` (only the top blocks train),
     `prompt_tuning` (soft prompt), `output_layer` (LM head and final norm only)."""
-    lora: LoraSection = Field(default_factory=LoraSection)
+    lora: LoraSection = Field(default_factory=lambda: LoraSection())
     """Adapter shape for qlora/lora/dora."""
-    qlora: QuantSection = Field(default_factory=QuantSection)
+    qlora: QuantSection = Field(default_factory=lambda: QuantSection())
     """4-bit base settings for qlora."""
-    prompt_tuning: PromptTuningSection = Field(default_factory=PromptTuningSection)
+    prompt_tuning: PromptTuningSection = Field(default_factory=lambda: PromptTuningSection())
     """Soft-prompt settings."""
     trainable_layers: int = Field(2, ge=1, le=1024)
     """Method `freeze`: number of top decoder blocks that train (the final norm trains too)."""
@@ -240,13 +242,13 @@ class Recipe(_Section):
     """Folder that holds `<name>/<stage>/`, relative to the working directory."""
     seed: int = Field(42, ge=0)
     """Seed for data splits, augmentation and training."""
-    model: ModelConfig = Field(default_factory=ModelConfig)
+    model: ModelConfig = Field(default_factory=lambda: ModelConfig())
     """Base model."""
-    data: DataConfig = Field(default_factory=DataConfig)
+    data: DataConfig = Field(default_factory=lambda: DataConfig())
     """Training data."""
-    train: TrainConfig = Field(default_factory=TrainConfig)
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig())
     """Fine-tuning."""
-    eval: EvalConfig = Field(default_factory=EvalConfig)
+    eval: EvalConfig = Field(default_factory=lambda: EvalConfig())
     """Task metrics."""
 
     # Set by the loader, not by the YAML: where relative data paths are resolved from.
@@ -349,9 +351,7 @@ def _section_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
     return cls
 
 
-def _format_errors(
-    exc: ValidationError, where: str, lines: dict[str, int], overrides: set[str]
-) -> list[str]:
+def _format_errors(exc: ValidationError, where: str, lines: dict[str, int], overrides: set[str]) -> list[str]:
     out = []
     for err in exc.errors():
         loc = tuple(p for p in err["loc"] if p not in ("function-before", "function-after"))
@@ -446,13 +446,17 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     ]
     for i, f in enumerate(recipe.data.train):
         if not recipe.resolve_path(f).is_file():
-            problems.append(f"{_origin(f'data.train.{i}', str(path), lines, set_paths)}: data.train.{i}: "
-                            f"file not found: {recipe.resolve_path(f)}")
+            problems.append(
+                f"{_origin(f'data.train.{i}', str(path), lines, set_paths)}: data.train.{i}: "
+                f"file not found: {recipe.resolve_path(f)}"
+            )
     for key in ("val", "test"):
         f = getattr(recipe.data, key)
         if f is not None and not recipe.resolve_path(f).is_file():
-            problems.append(f"{_origin(f'data.{key}', str(path), lines, set_paths)}: data.{key}: "
-                            f"file not found: {recipe.resolve_path(f)}")
+            problems.append(
+                f"{_origin(f'data.{key}', str(path), lines, set_paths)}: data.{key}: "
+                f"file not found: {recipe.resolve_path(f)}"
+            )
     if problems:
         raise RecipeError(*problems)
     return recipe

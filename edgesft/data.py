@@ -135,7 +135,10 @@ def to_messages(rec: Any, fmt: str) -> tuple[list[dict[str, str]], str]:
     if kind == "alpaca":
         instruction, extra = _text(rec, "instruction"), _text(rec, "input", required=False)
         user = f"{instruction}\n\n{extra}" if extra.strip() else instruction
-        return [{"role": "user", "content": user}, {"role": "assistant", "content": _text(rec, "output")}], kind
+        return [
+            {"role": "user", "content": user},
+            {"role": "assistant", "content": _text(rec, "output")},
+        ], kind
     if kind == "prompt_completion":
         return [
             {"role": "user", "content": _text(rec, "prompt")},
@@ -175,14 +178,18 @@ def read_rows(paths: list[Path], fmt: str, on_error: str, report: ReadReport) ->
     return rows
 
 
-def read_hf_dataset(name: str, config: str | None, split: str, fmt: str, on_error: str, report: ReadReport) -> list[Row]:
+def read_hf_dataset(
+    name: str, config: str | None, split: str, fmt: str, on_error: str, report: ReadReport
+) -> list[Row]:
     """Rows of a Hugging Face dataset split (needs the network unless it is in the local cache)."""
     try:
         import datasets
 
         ds = datasets.load_dataset(name, config, split=split)
     except Exception as e:
-        raise DataError(f"data.hf_dataset: cannot load {name!r} split {split!r} ({e.__class__.__name__}: {e})") from e
+        raise DataError(
+            f"data.hf_dataset: cannot load {name!r} split {split!r} ({e.__class__.__name__}: {e})"
+        ) from e
     rows = []
     for i, rec in enumerate(ds):
         report.read += 1
@@ -260,7 +267,9 @@ def split_rows(rows: list[Row], fraction: float, seed: int) -> tuple[list[Row], 
     random.Random(seed).shuffle(order)
     n_val = max(1, round(len(rows) * fraction))
     val_idx = set(order[:n_val])
-    return [r for i, r in enumerate(rows) if i not in val_idx], [r for i, r in enumerate(rows) if i in val_idx]
+    return [r for i, r in enumerate(rows) if i not in val_idx], [
+        r for i, r in enumerate(rows) if i in val_idx
+    ]
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -372,7 +381,10 @@ def write_rows(path: Path, rows: list[Row]) -> None:
     from edgesft.io import atomic_write_text
 
     atomic_write_text(
-        path, "".join(json.dumps({"messages": r.messages, "source": r.source}, ensure_ascii=False) + "\n" for r in rows)
+        path,
+        "".join(
+            json.dumps({"messages": r.messages, "source": r.source}, ensure_ascii=False) + "\n" for r in rows
+        ),
     )
 
 

@@ -29,7 +29,9 @@ def generate_answers(
     Prompts are sorted by length so a batch pads little; answers come back in the input order.
     """
     torch = _torch()
-    prompts = [encode(tok, render(tok, prompt_and_answer(r.messages)[0], add_generation_prompt=True)) for r in rows]
+    prompts = [
+        encode(tok, render(tok, prompt_and_answer(r.messages)[0], add_generation_prompt=True)) for r in rows
+    ]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     answers: list[str] = [""] * len(prompts)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -82,7 +84,9 @@ def _bar(total: int, desc: str, enabled: bool) -> Any:
     return tqdm(total=total, desc=desc, unit="row", leave=False)
 
 
-def loss_and_perplexity(model: Any, tok: Any, rows: list[Row], max_length: int, batch_size: int = 16) -> dict[str, float]:
+def loss_and_perplexity(
+    model: Any, tok: Any, rows: list[Row], max_length: int, batch_size: int = 16
+) -> dict[str, float]:
     """Mean token NLL of the answers (same masking as training) and its perplexity."""
     torch = _torch()
     device = next(model.parameters()).device
@@ -108,7 +112,10 @@ def loss_and_perplexity(model: Any, tok: Any, rows: list[Row], max_length: int, 
         logits = logits[:, -width:]  # a soft prompt (prompt tuning) prepends virtual positions
         shift_logits, shift_labels = logits[:, :-1], lab[:, 1:].to(device)
         nll = torch.nn.functional.cross_entropy(
-            shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1), ignore_index=-100, reduction="sum"
+            shift_logits.reshape(-1, shift_logits.size(-1)),
+            shift_labels.reshape(-1),
+            ignore_index=-100,
+            reduction="sum",
         )
         total += float(nll)
         count += int((shift_labels != -100).sum())
@@ -117,7 +124,13 @@ def loss_and_perplexity(model: Any, tok: Any, rows: list[Row], max_length: int, 
 
 
 def task_metrics(
-    model: Any, tok: Any, rows: list[Row], task: str, max_new_tokens: int, batch_size: int, progress: bool = True
+    model: Any,
+    tok: Any,
+    rows: list[Row],
+    task: str,
+    max_new_tokens: int,
+    batch_size: int,
+    progress: bool = True,
 ) -> tuple[dict[str, Any], list[dict[str, str]]]:
     """Task metrics and the per-row predictions on ``rows``."""
     answers, timing = generate_answers(model, tok, rows, max_new_tokens, batch_size, progress)
@@ -125,20 +138,46 @@ def task_metrics(
     metrics: dict[str, Any] = dict(TASKS[task](answers, refs))
     metrics.update(timing)
     samples = [
-        {"source": r.source, "prompt": r.messages[-2]["content"] if len(r.messages) > 1 else "", "reference": ref, "prediction": a}
+        {
+            "source": r.source,
+            "prompt": r.messages[-2]["content"] if len(r.messages) > 1 else "",
+            "reference": ref,
+            "prediction": a,
+        }
         for r, ref, a in zip(rows, refs, answers, strict=True)
     ]
     return metrics, samples
 
 
-def load_model(path: Path, adapter: Path | None = None, dtype: str = "float32", trust_remote_code: bool = False) -> Any:
-    """A model folder (plus an optional PEFT adapter) ready for inference."""
+def load_model(
+    path: Path,
+    adapter: Path | None = None,
+    dtype: str = "float32",
+    trust_remote_code: bool = False,
+    quantization: dict[str, Any] | None = None,
+    vocab_size: int | None = None,
+) -> Any:
+    """A model folder ready for inference, optionally 4-bit (``quantization``: the QLoRA settings it was
+    trained with), with its embeddings grown to ``vocab_size`` and a PEFT ``adapter`` on top."""
     torch = _torch()
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code, use_safetensors=True
+    kwargs: dict[str, Any] = {}
+    if quantization is not None:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=quantization["quant_type"],
+            bnb_4bit_use_double_quant=quantization["double_quant"],
+            bnb_4bit_compute_dtype=getattr(torch, dtype),
+        )
+        dtype = "float32"  # non-quantized parts stay float32, as in training
+    model: Any = AutoModelForCausalLM.from_pretrained(
+        path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code, use_safetensors=True, **kwargs
     )
+    if vocab_size is not None and vocab_size > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(vocab_size)
     if adapter is not None:
         from peft import PeftModel
 
@@ -157,34 +196,19 @@ def load_stage_model(stage_dir: Path, manifest: dict[str, Any]) -> tuple[Any, An
     tok = AutoTokenizer.from_pretrained(stage_dir / info.get("tokenizer", "tokenizer"))
     if info.get("model"):
         return load_model(stage_dir / info["model"]), tok
-    if info.get("adapter"):
-        base = Path(info["base_model"])
-        if not base.is_dir():
-            raise EdgesftError(f"{stage_dir}: its base model folder {base} is gone; re-run the pipeline")
-        if info.get("qlora"):
-            import torch
-            from peft import PeftModel
-            from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-
-            q = info["qlora"]
-            dtype = getattr(torch, info.get("dtype", "float32"))
-            quant = BitsAndBytesConfig(
-                load_in_4bit=True,
-                bnb_4bit_quant_type=q["quant_type"],
-                bnb_4bit_use_double_quant=q["double_quant"],
-                bnb_4bit_compute_dtype=dtype,
-            )
-            model = AutoModelForCausalLM.from_pretrained(base, quantization_config=quant, dtype=torch.float32)
-            if len(tok) > model.get_input_embeddings().weight.shape[0]:
-                model.resize_token_embeddings(len(tok))
-            return PeftModel.from_pretrained(model, stage_dir / info["adapter"]).eval(), tok
-        model = load_model(base)
-        if len(tok) > model.get_input_embeddings().weight.shape[0]:
-            model.resize_token_embeddings(len(tok))
-        from peft import PeftModel
-
-        return PeftModel.from_pretrained(model, stage_dir / info["adapter"]).eval(), tok
-    raise EdgesftError(f"{stage_dir}: the stage holds no model (stage {manifest.get('stage')!r})")
+    if not info.get("adapter"):
+        raise EdgesftError(f"{stage_dir}: the stage holds no model (stage {manifest.get('stage')!r})")
+    base = Path(info["base_model"])
+    if not base.is_dir():
+        raise EdgesftError(f"{stage_dir}: its base model folder {base} is gone; re-run the pipeline")
+    model = load_model(
+        base,
+        stage_dir / info["adapter"],
+        dtype=info.get("dtype", "float32"),
+        quantization=info.get("qlora"),
+        vocab_size=len(tok),
+    )
+    return model, tok
 
 
 def evaluate_target(

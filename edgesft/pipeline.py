@@ -8,6 +8,7 @@ do not check out is a miss and is rebuilt, never an error.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import shutil
@@ -26,7 +27,16 @@ from edgesft.io import atomic_write_json, clean_stale_temps, read_json, sha256_f
 
 MANIFEST = "manifest.json"
 SCHEMA = 1
-TRACKED_LIBS = ("torch", "transformers", "peft", "accelerate", "bitsandbytes", "tokenizers", "datasets", "gguf")
+TRACKED_LIBS = (
+    "torch",
+    "transformers",
+    "peft",
+    "accelerate",
+    "bitsandbytes",
+    "tokenizers",
+    "datasets",
+    "gguf",
+)
 
 
 @dataclass
@@ -114,10 +124,8 @@ def is_main() -> bool:
 def library_versions() -> dict[str, str]:
     out = {"python": platform.python_version(), "edgesft": __version__}
     for lib in TRACKED_LIBS:
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             out[lib] = metadata.version(lib)
-        except metadata.PackageNotFoundError:
-            pass
     return out
 
 

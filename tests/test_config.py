@@ -51,8 +51,10 @@ def test_unknown_key_did_you_mean_with_line(tmp_path: Path, recipe_file: Path) -
 
 
 def test_wrong_type_and_out_of_range_reported_together(recipe_file: Path) -> None:
-    text = recipe_file.read_text().replace("batch_size: 8", "batch_size: eight").replace(
-        "learning_rate: 0.003", "learning_rate: -1"
+    text = (
+        recipe_file.read_text()
+        .replace("batch_size: 8", "batch_size: eight")
+        .replace("learning_rate: 0.003", "learning_rate: -1")
     )
     recipe_file.write_text(text)
     errs = _errors(recipe_file)
@@ -68,7 +70,9 @@ def test_bad_enum_value(recipe_file: Path) -> None:
 
 
 def test_stage_combination_that_cannot_work(recipe_file: Path) -> None:
-    errs = _errors(recipe_file, ["data.val_fraction=0", "train.early_stopping_patience=2", "eval.max_new_tokens=500"])
+    errs = _errors(
+        recipe_file, ["data.val_fraction=0", "train.early_stopping_patience=2", "eval.max_new_tokens=500"]
+    )
     assert any("train.early_stopping_patience: early stopping needs a validation split" in e for e in errs)
     assert any("eval.max_new_tokens: must be below data.max_length" in e for e in errs)
 
@@ -79,7 +83,10 @@ def test_missing_data_file_named(recipe_file: Path) -> None:
 
 
 def test_overrides_apply_with_yaml_types(recipe_file: Path) -> None:
-    r = load_recipe(recipe_file, ["train.max_steps=9", "train.lora.r=4", "data.packing=true", "model.system_prompt=Be brief."])
+    r = load_recipe(
+        recipe_file,
+        ["train.max_steps=9", "train.lora.r=4", "data.packing=true", "model.system_prompt=Be brief."],
+    )
     assert (r.train.max_steps, r.train.lora.r, r.data.packing) == (9, 4, True)
     assert r.model.system_prompt == "Be brief."
 

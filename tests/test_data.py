@@ -58,7 +58,10 @@ def test_json_and_csv_files(tmp_path: Path) -> None:
 
 
 def test_malformed_row_fails_with_file_and_line(tmp_path: Path) -> None:
-    f = _write(tmp_path / "bad.jsonl", ['{"prompt": "a", "completion": "b"}', "{not json", '{"prompt": 1, "completion": "b"}'])
+    f = _write(
+        tmp_path / "bad.jsonl",
+        ['{"prompt": "a", "completion": "b"}', "{not json", '{"prompt": 1, "completion": "b"}'],
+    )
     with pytest.raises(DataError) as exc:
         D.read_rows([f], "auto", "fail", D.ReadReport())
     assert str(exc.value).startswith(f"{f}:2: invalid JSON")
@@ -67,8 +70,13 @@ def test_malformed_row_fails_with_file_and_line(tmp_path: Path) -> None:
 def test_malformed_rows_skipped_and_counted(tmp_path: Path) -> None:
     f = _write(
         tmp_path / "bad.jsonl",
-        ['{"prompt": "a", "completion": "b"}', "{not json", '{"prompt": 1, "completion": "b"}', '{"foo": 1}',
-         '{"messages": [{"role": "user", "content": "q"}]}'],
+        [
+            '{"prompt": "a", "completion": "b"}',
+            "{not json",
+            '{"prompt": 1, "completion": "b"}',
+            '{"foo": 1}',
+            '{"messages": [{"role": "user", "content": "q"}]}',
+        ],
     )
     report = D.ReadReport()
     rows = D.read_rows([f], "auto", "skip", report)
@@ -98,7 +106,10 @@ def test_empty_filter() -> None:
 
 
 def test_masking_prompt_tokens_carry_no_loss_and_eos_ends(tok) -> None:
-    msgs = [{"role": "user", "content": "set a timer for 5 min"}, {"role": "assistant", "content": '{"intent":"set_timer"}'}]
+    msgs = [
+        {"role": "user", "content": "set a timer for 5 min"},
+        {"role": "assistant", "content": '{"intent":"set_timer"}'},
+    ]
     ids, labels = encode_conversation(tok, msgs)
     prompt_ids = tok(render(tok, msgs[:1], add_generation_prompt=True), add_special_tokens=False)["input_ids"]
     assert ids[: len(prompt_ids)] == prompt_ids
@@ -112,8 +123,10 @@ def test_masking_prompt_tokens_carry_no_loss_and_eos_ends(tok) -> None:
 
 def test_multi_turn_masks_every_assistant_turn(tok) -> None:
     msgs = [
-        {"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
-        {"role": "user", "content": "c"}, {"role": "assistant", "content": "d"},
+        {"role": "user", "content": "a"},
+        {"role": "assistant", "content": "b"},
+        {"role": "user", "content": "c"},
+        {"role": "assistant", "content": "d"},
     ]
     ids, labels = encode_conversation(tok, msgs)
     trained = tok.decode([t for t in labels if t != -100])
@@ -124,20 +137,27 @@ def test_eos_appended_when_template_lacks_it(tok) -> None:
     saved = tok.chat_template
     try:
         tok.chat_template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
-        ids, labels = encode_conversation(tok, [{"role": "user", "content": "q"}, {"role": "assistant", "content": "ans"}])
+        ids, labels = encode_conversation(
+            tok, [{"role": "user", "content": "q"}, {"role": "assistant", "content": "ans"}]
+        )
         assert ids[-1] == tok.eos_token_id and labels[-1] == tok.eos_token_id
     finally:
         tok.chat_template = saved
 
 
 def test_default_system_prompt_removed_and_recipe_prompt_baked(tok) -> None:
-    stock = "{% if messages[0]['role'] != 'system' %}<|im_start|>system\nYou are helpful<|im_end|>\n{% endif %}"
+    stock = (
+        "{% if messages[0]['role'] != 'system' %}<|im_start|>system\nYou are helpful<|im_end|>\n{% endif %}"
+    )
     template, removed = build_template(stock + "<|im_start|>", None)
     assert removed and "You are helpful" not in template
     tok2 = tok.__class__.from_pretrained(tok.name_or_path)
     prepare_tokenizer(tok2, "Reply in JSON.", [])
     text = render(tok2, [{"role": "user", "content": "hi"}], add_generation_prompt=True)
-    assert text == "<|im_start|>system\nReply in JSON.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    assert (
+        text
+        == "<|im_start|>system\nReply in JSON.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    )
 
 
 def test_augmentation_is_deterministic_and_keeps_targets() -> None:

@@ -22,7 +22,12 @@ def test_cached_tokenizer_matches_gguf_tokenizer_without_the_spurious_bos() -> N
     ours = AutoTokenizer.from_pretrained(resolve_model(ModelConfig()).path)
     gguf = embedded_gguf()
     theirs = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    samples = ["Wake me at 7:45 pm!", "  two  spaces 12345 café", "<|im_start|>user\nhi<|im_end|>\n", "emoji 😀"]
+    samples = [
+        "Wake me at 7:45 pm!",
+        "  two  spaces 12345 café",
+        "<|im_start|>user\nhi<|im_end|>\n",
+        "emoji 😀",
+    ]
     for s in samples:
         a = ours.encode(s)
         b = theirs.encode(s)
@@ -35,8 +40,14 @@ def test_cached_tokenizer_matches_gguf_tokenizer_without_the_spurious_bos() -> N
 def test_phone_recipe_train_stage_few_steps(tmp_path: Path) -> None:
     recipe = load_recipe(
         ROOT / "recipes" / "phone.yaml",
-        [f"run_root={tmp_path}", "train.max_steps=4", "train.eval_steps=4", "train.batch_size=4",
-         "eval.max_rows=4", "eval.evaluate_base=false"],
+        [
+            f"run_root={tmp_path}",
+            "train.max_steps=4",
+            "train.eval_steps=4",
+            "train.batch_size=4",
+            "eval.max_rows=4",
+            "eval.evaluate_base=false",
+        ],
     )
     m = run_pipeline(recipe, STAGES, until_stage="train", log=lambda _m: None)
     summary = json.loads((tmp_path / "phone" / "data" / "summary.json").read_text())

@@ -62,8 +62,12 @@ def test_early_stopping_keeps_the_best_checkpoint(tmp_path: Path) -> None:
 
 def _cli(args: list[str], env: dict[str, str] | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "edgesft.cli", *args], cwd=cwd, capture_output=True, text=True,
-        env={**os.environ, **(env or {})}, timeout=600,
+        [sys.executable, "-m", "edgesft.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=600,
     )
 
 
@@ -91,9 +95,21 @@ def test_resume_after_kill_reaches_the_same_loss(tmp_path: Path) -> None:
 def test_ddp_two_processes_on_cpu_agree(tmp_path: Path) -> None:
     recipe = write_recipe(tmp_path, train={"max_steps": 4, "eval_steps": 4, "threads": 1})
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
-         "-m", "edgesft.cli", "run", str(recipe)],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "--master_port=29517",
+            "-m",
+            "edgesft.cli",
+            "run",
+            str(recipe),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -107,7 +123,9 @@ def test_eval_command_on_a_stage_and_a_model(tmp_path: Path) -> None:
     recipe = write_recipe(tmp_path)
     assert _cli(["run", str(recipe)]).returncode == 0
     data = ROOT / "recipes" / "data" / "ci_smoke" / "test.jsonl"
-    out = _cli(["eval", str(tmp_path / "runs" / "t" / "train"), "--data", str(data), "--max-rows", "3", "--json"])
+    out = _cli(
+        ["eval", str(tmp_path / "runs" / "t" / "train"), "--data", str(data), "--max-rows", "3", "--json"]
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout)
     assert result["metrics"]["n"] == 3 and len(result["samples"]) == 3

@@ -50,14 +50,18 @@ def run(recipe: Recipe, inputs: StageInputs, out_dir: Path) -> StageResult:
 
     read: dict[str, D.ReadReport] = {s: D.ReadReport() for s in ("train", "val", "test")}
     if cfg.hf_dataset:
-        train = D.read_hf_dataset(cfg.hf_dataset, cfg.hf_config, cfg.hf_split, cfg.format, cfg.on_error, read["train"])
+        train = D.read_hf_dataset(
+            cfg.hf_dataset, cfg.hf_config, cfg.hf_split, cfg.format, cfg.on_error, read["train"]
+        )
     else:
         train = D.read_rows(files["train"], cfg.format, cfg.on_error, read["train"])
     val = D.read_rows(files["val"], cfg.format, cfg.on_error, read["val"]) if "val" in files else []
     test = D.read_rows(files["test"], cfg.format, cfg.on_error, read["test"]) if "test" in files else []
 
     dropped: dict[str, Counter[str]] = {s: Counter() for s in ("train", "val", "test")}
-    train = D.dedup(D.drop_empty(train, cfg.min_response_chars, dropped["train"]), cfg.dedup, dropped["train"])
+    train = D.dedup(
+        D.drop_empty(train, cfg.min_response_chars, dropped["train"]), cfg.dedup, dropped["train"]
+    )
     val = D.dedup(D.drop_empty(val, cfg.min_response_chars, dropped["val"]), cfg.dedup, dropped["val"])
     test = D.drop_empty(test, cfg.min_response_chars, dropped["test"])
     if "val" not in files:
@@ -101,8 +105,12 @@ def run(recipe: Recipe, inputs: StageInputs, out_dir: Path) -> StageResult:
         augmented = [r for r in augmented if D.exact_key(r.messages) not in train_keys]
         train = train + augmented
 
-    overlap_val = len({D.normalized_key(r.messages) for r in val} & {D.normalized_key(r.messages) for r in train})
-    overlap_test = len({D.normalized_key(r.messages) for r in test} & {D.normalized_key(r.messages) for r in train})
+    overlap_val = len(
+        {D.normalized_key(r.messages) for r in val} & {D.normalized_key(r.messages) for r in train}
+    )
+    overlap_test = len(
+        {D.normalized_key(r.messages) for r in test} & {D.normalized_key(r.messages) for r in train}
+    )
 
     D.write_rows(out_dir / "train.jsonl", train)
     D.write_rows(out_dir / "val.jsonl", val)
@@ -111,7 +119,10 @@ def run(recipe: Recipe, inputs: StageInputs, out_dir: Path) -> StageResult:
 
     probe = render(tok, [{"role": "user", "content": "x"}], add_generation_prompt=True)
     summary = {
-        "read": {s: {"rows": r.read, "malformed_skipped": r.malformed, "formats": dict(r.formats)} for s, r in read.items()},
+        "read": {
+            s: {"rows": r.read, "malformed_skipped": r.malformed, "formats": dict(r.formats)}
+            for s, r in read.items()
+        },
         "malformed_examples": [e for r in read.values() for e in r.errors][:20],
         "dropped": {s: dict(c) for s, c in dropped.items()},
         "truncated": dict(truncated),
@@ -146,8 +157,10 @@ def run(recipe: Recipe, inputs: StageInputs, out_dir: Path) -> StageResult:
 def _print_summary(s: dict[str, Any]) -> None:
     kept = s["kept"]
     dropped = {k: v for k, v in s["dropped"].items() if v}
-    print(f"  rows kept: train {kept['train']}, val {kept['val']}, test {kept['test']}"
-          f" (augmented +{s['augmented_added']})")
+    print(
+        f"  rows kept: train {kept['train']}, val {kept['val']}, test {kept['test']}"
+        f" (augmented +{s['augmented_added']})"
+    )
     if dropped:
         print(f"  dropped: {dropped}")
     skipped = sum(r["malformed_skipped"] for r in s["read"].values())
@@ -155,6 +168,10 @@ def _print_summary(s: dict[str, Any]) -> None:
         print(f"  malformed rows skipped: {skipped} (first: {s['malformed_examples'][0]})")
     tl = s["token_lengths"].get("train", {})
     if tl.get("count"):
-        print(f"  train tokens/example: min {tl['min']}, median {tl['median']}, p95 {tl['p95']}, max {tl['max']}")
-    print(f"  prompt template overhead: {s['template']['prompt_overhead_tokens']} tokens"
-          + (" (default system prompt removed)" if s["template"]["removed_default_system_prompt"] else ""))
+        print(
+            f"  train tokens/example: min {tl['min']}, median {tl['median']}, p95 {tl['p95']}, max {tl['max']}"
+        )
+    print(
+        f"  prompt template overhead: {s['template']['prompt_overhead_tokens']} tokens"
+        + (" (default system prompt removed)" if s["template"]["removed_default_system_prompt"] else "")
+    )

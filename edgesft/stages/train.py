@@ -88,7 +88,7 @@ def _load_base(base: Path, tok: Any, quant: Any = None) -> tuple[Any, list[int]]
     if quant is not None:
         kwargs["quantization_config"] = quant
         kwargs["device_map"] = {"": _device()}
-    model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
+    model: Any = AutoModelForCausalLM.from_pretrained(base, **kwargs)
     old = model.get_input_embeddings().weight.shape[0]
     new_ids: list[int] = []
     if len(tok) > old:
@@ -218,7 +218,9 @@ class Encoded:
     labels: list[int]
 
 
-def encode_rows(rows: list[Row], tok: Any, max_length: int, train_on_prompt: bool, packing: bool) -> list[dict[str, Any]]:
+def encode_rows(
+    rows: list[Row], tok: Any, max_length: int, train_on_prompt: bool, packing: bool
+) -> list[dict[str, Any]]:
     """Tokenize (and optionally pack) rows; rows the data stage kept always fit after truncation."""
     examples = []
     for r in rows:
@@ -330,28 +332,44 @@ def make_trainer_class() -> type:
     from transformers import Trainer
 
     class SelectiveLogitsTrainer(Trainer):
-        def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
-                         num_items_in_batch: Any = None) -> Any:
+        def compute_loss(  # type: ignore[override]
+            self,
+            model: Any,
+            inputs: dict[str, Any],
+            return_outputs: bool = False,
+            num_items_in_batch: Any = None,
+        ) -> Any:
             lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-            body, head = getattr(lm, "model", None), getattr(lm, "lm_head", None)
-            if return_outputs or world()[1] > 1 or body is None or head is None or model is not self.model:
-                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            if hasattr(model, "peft_config") and model.peft_config["default"].is_prompt_learning:
+            body: Any = getattr(lm, "model", None)
+            head: Any = getattr(lm, "lm_head", None)
+            peft_cfg: Any = getattr(model, "peft_config", {}).get("default")
+            stock = (
+                return_outputs
+                or world()[1] > 1
+                or body is None
+                or head is None
+                or (peft_cfg is not None and peft_cfg.is_prompt_learning)
+                or model is not self.model  # wrapped (DDP/DataParallel): keep its forward and hooks
+            )
+            if stock:
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             labels = inputs["labels"][:, 1:]
             keep = labels != -100
             dtype = torch.bfloat16 if self.args.bf16 else (torch.float16 if self.args.fp16 else None)
             device = "cuda" if inputs["input_ids"].is_cuda else "cpu"
             with torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None):
-                hidden = body(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).last_hidden_state
+                hidden = body(
+                    input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]
+                ).last_hidden_state
                 logits = head(hidden[:, :-1][keep]).float()
             nll = torch.nn.functional.cross_entropy(logits, labels[keep], reduction="sum")
             if num_items_in_batch is not None:
                 return nll / num_items_in_batch
             return nll / keep.sum().clamp(min=1)
 
-        def prediction_step(self, model: Any, inputs: dict[str, Any], prediction_loss_only: bool,
-                            ignore_keys: Any = None) -> Any:
+        def prediction_step(
+            self, model: Any, inputs: dict[str, Any], prediction_loss_only: bool, ignore_keys: Any = None
+        ) -> Any:
             # Validation needs only the loss: take the same answer-positions-only path as training.
             if not prediction_loss_only:
                 return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
@@ -570,7 +588,9 @@ def _best_step(state: Any) -> int | None:
         return None
 
 
-def _quality(recipe: Recipe, inputs: StageInputs, model: Any, tok: Any, base: Path, out_dir: Path) -> dict[str, Any]:
+def _quality(
+    recipe: Recipe, inputs: StageInputs, model: Any, tok: Any, base: Path, out_dir: Path
+) -> dict[str, Any]:
     """Validation perplexity and test-split task metrics of the tuned model, next to the untuned base."""
     e, dcfg = recipe.eval, recipe.data
     data_dir = inputs.stage_dir("data")
@@ -614,9 +634,7 @@ def _base_quality(
     if isinstance(cached, dict):
         return cached
     print(f"  evaluating the untuned base model (cached afterwards in {cache.parent})")
-    model = load_model(base)
-    if len(tok) > model.get_input_embeddings().weight.shape[0]:
-        model.resize_token_embeddings(len(tok))
+    model = load_model(base, vocab_size=len(tok))
     out: dict[str, Any] = {}
     if val_rows:
         v = loss_and_perplexity(model, tok, val_rows, recipe.data.max_length)
