@@ -19,8 +19,12 @@ def _quiet_libraries() -> None:
     # Library chatter (deprecation notices, "legacy behaviour" banners) buries the figures users need.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import logging
     import warnings
 
+    # bitsandbytes tries to fetch an optional fused CPU kernel from the hub and warns when it cannot; edgesft
+    # runs offline by design and the stock kernels are used instead.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
 
@@ -153,7 +157,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # Overrides may come after options (`run R --until train key=value`), which argparse's positional
+    # handling rejects: collect leftover key=value words as overrides, refuse anything else.
+    args, extra = parser.parse_known_args(argv)
+    stray = [w for w in extra if "=" not in w or w.startswith("-")]
+    if stray or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     try:
         return int(args.func(args))
     except EdgesftError as e:

@@ -282,6 +282,8 @@ def _combination_problems(recipe: Recipe) -> list[tuple[str, str]]:
                 "or set this to null",
             )
         )
+    if t.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        out.append(("train.tensorboard", "needs the tensorboard package: pip install tensorboard"))
     if t.method == "qlora" and importlib.util.find_spec("bitsandbytes") is None:
         out.append(("train.method", "qlora needs bitsandbytes: pip install bitsandbytes"))
     if recipe.model.extra_special_tokens and t.method in ("freeze", "prompt_tuning"):

@@ -206,7 +206,10 @@ def run_pipeline(
     run_dir = recipe.run_dir
     rank, size = world()
     if is_main():
-        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise EdgesftError(f"run_root: cannot create the run folder {run_dir} ({e.strerror})") from None
         clean_stale_temps(run_dir)
     barrier()
     manifests: dict[str, dict[str, Any]] = {}

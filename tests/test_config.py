@@ -132,3 +132,12 @@ def test_readme_documents_every_field_and_stage() -> None:
 
     for cmd in COMMANDS:
         assert f"edgesft {cmd}" in readme
+
+
+def test_overrides_after_options_are_accepted(recipe_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", str(recipe_file), "train.max_steps=3"]) == 0
+    with pytest.raises(SystemExit) as exc:
+        main(["run", str(recipe_file), "--until", "data", "--bogus"])
+    assert exc.value.code == 2
+    assert main(["validate", str(recipe_file), "train.lr=1"]) == 2
+    assert "train.lr: unknown key" in capsys.readouterr().err

@@ -187,3 +187,37 @@ def test_phone_dataset_contract() -> None:
     assert len(intents) == 13
     train_users = {r.messages[0]["content"] for r in splits["train"]}
     assert not train_users & {r.messages[0]["content"] for r in splits["test"]}
+
+
+def _data_stage(tmp_path: Path, **data: object) -> dict:
+    from edgesft.config import load_recipe
+    from edgesft.pipeline import run_pipeline
+    from edgesft.stages import STAGES
+    from tests.conftest import write_recipe
+
+    recipe = load_recipe(write_recipe(tmp_path, data=data))
+    run_pipeline(recipe, STAGES, until_stage="data", log=lambda _m: None)
+    return json.loads((tmp_path / "runs" / "t" / "data" / "summary.json").read_text())
+
+
+def test_data_stage_summary_counts_overlong_drop_and_truncate(tmp_path: Path) -> None:
+    dropped = _data_stage(tmp_path / "a", max_length=36, label_key="intent")
+    assert dropped["dropped"]["train"]["overlong"] > 0
+    assert dropped["token_lengths"]["train"]["max"] <= 36
+    assert sum(dropped["labels"]["train"].values()) == dropped["kept"]["train"]
+    assert dropped["kept"]["test"] == 24
+    truncated = _data_stage(tmp_path / "b", max_length=36, overlong="truncate")
+    assert truncated["truncated"]["train"] == dropped["dropped"]["train"]["overlong"]
+    assert "overlong" not in truncated["dropped"]["train"]
+
+
+def test_data_stage_reports_skipped_malformed_rows(tmp_path: Path) -> None:
+    from tests.conftest import SMOKE_DATA
+
+    f = tmp_path / "mixed.jsonl"
+    f.write_text((SMOKE_DATA / "train.jsonl").read_text() + "{broken\n")
+    s = _data_stage(tmp_path, train=[str(f)], on_error="skip")
+    assert s["read"]["train"]["malformed_skipped"] == 1
+    assert s["malformed_examples"][0].endswith(
+        "mixed.jsonl:241: invalid JSON (Expecting property name enclosed in double quotes at column 2)"
+    )

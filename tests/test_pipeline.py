@@ -119,3 +119,10 @@ def test_stale_temp_folders_are_ignored_and_cleaned(recipe) -> None:
     _run(r)
     assert not stale.exists()
     assert (r.run_dir / "train" / "model.bin").read_text().startswith("lr=")
+
+
+def test_run_root_that_is_a_file_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "blocker").write_text("")
+    r = load_recipe(write_recipe(tmp_path), [f"run_root={tmp_path / 'blocker'}"])
+    with pytest.raises(EdgesftError, match="run_root: cannot create the run folder"):
+        _run(r)

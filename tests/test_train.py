@@ -135,3 +135,21 @@ def test_eval_command_on_a_stage_and_a_model(tmp_path: Path) -> None:
     assert plain.returncode == 0 and "exact_match" in plain.stdout
     bad = _cli(["eval", "tiny-llama", "--data", str(tmp_path / "none.jsonl")])
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "--data: file not found" in bad.stderr
+
+
+def test_extra_special_tokens_and_packing(tmp_path: Path) -> None:
+    recipe = load_recipe(
+        write_recipe(
+            tmp_path,
+            model={"base": "tiny-llama", "extra_special_tokens": ["<|tool|>"]},
+            data={"packing": True},
+        )
+    )
+    m = run_pipeline(recipe, STAGES, log=lambda _m: None)["train"]
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tmp_path / "runs" / "t" / "train" / "tokenizer")
+    assert tok.convert_tokens_to_ids("<|tool|>") == 49152
+    assert m["metrics"]["steps"] == 6
+    cfg = json.loads((tmp_path / "runs" / "t" / "train" / "adapter" / "adapter_config.json").read_text())
+    assert cfg["trainable_token_indices"] == {"embed_tokens": [49152]}
