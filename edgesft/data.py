@@ -12,7 +12,7 @@ import random
 import re
 import string
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -157,25 +157,36 @@ class ReadReport:
     formats: Counter[str] = field(default_factory=Counter)
 
 
-def read_rows(paths: list[Path], fmt: str, on_error: str, report: ReadReport) -> list[Row]:
-    """Read and normalise rows from files; malformed rows fail the run or are skipped and counted."""
+def normalise(
+    records: Iterable[tuple[str, str, Any]], fmt: str, on_error: str, report: ReadReport
+) -> list[Row]:
+    """Rows from (location for errors, short source, record) triples; malformed records fail the run or
+    are skipped and counted, as ``on_error`` says."""
     rows: list[Row] = []
-    for path in paths:
-        for lineno, rec in read_records(path):
-            report.read += 1
-            try:
-                msgs, kind = to_messages(rec, fmt)
-            except RowError as e:
-                report.malformed += 1
-                where = f"{path}:{lineno}"
-                if on_error == "fail":
-                    raise DataError(f"{where}: {e} (set data.on_error: skip to skip such rows)") from None
-                if len(report.errors) < 20:
-                    report.errors.append(f"{where}: {e}")
-                continue
-            report.formats[kind] += 1
-            rows.append(Row(msgs, f"{path.name}:{lineno}"))
+    for where, source, rec in records:
+        report.read += 1
+        try:
+            msgs, kind = to_messages(rec, fmt)
+        except RowError as e:
+            report.malformed += 1
+            if on_error == "fail":
+                raise DataError(f"{where}: {e} (set data.on_error: skip to skip such rows)") from None
+            if len(report.errors) < 20:
+                report.errors.append(f"{where}: {e}")
+            continue
+        report.formats[kind] += 1
+        rows.append(Row(msgs, source))
     return rows
+
+
+def read_rows(paths: list[Path], fmt: str, on_error: str, report: ReadReport) -> list[Row]:
+    """Read and normalise rows from files."""
+    records = (
+        (f"{path}:{lineno}", f"{path.name}:{lineno}", rec)
+        for path in paths
+        for lineno, rec in read_records(path)
+    )
+    return normalise(records, fmt, on_error, report)
 
 
 def read_hf_dataset(
@@ -190,21 +201,8 @@ def read_hf_dataset(
         raise DataError(
             f"data.hf_dataset: cannot load {name!r} split {split!r} ({e.__class__.__name__}: {e})"
         ) from e
-    rows = []
-    for i, rec in enumerate(ds):
-        report.read += 1
-        try:
-            msgs, kind = to_messages(dict(rec), fmt)
-        except RowError as e:
-            report.malformed += 1
-            if on_error == "fail":
-                raise DataError(f"{name}[{split}] row {i}: {e}") from None
-            if len(report.errors) < 20:
-                report.errors.append(f"{name}[{split}] row {i}: {e}")
-            continue
-        report.formats[kind] += 1
-        rows.append(Row(msgs, f"{name}:{i}"))
-    return rows
+    records = ((f"{name}[{split}] row {i}", f"{name}:{i}", dict(rec)) for i, rec in enumerate(ds))
+    return normalise(records, fmt, on_error, report)
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -553,10 +553,15 @@ def run(recipe: Recipe, inputs: StageInputs, out_dir: Path) -> StageResult:
             "adapter": "adapter" if kind == "adapter" else None,
             "model": "model" if kind == "model" else None,
             "tokenizer": "tokenizer",
-            "qlora": cfg.qlora.model_dump() if cfg.method == "qlora" else None,
+            "qlora": qlora_settings(cfg),
             "dtype": dtype,
         },
     )
+
+
+def qlora_settings(cfg: TrainConfig) -> dict[str, Any] | None:
+    """The 4-bit settings a QLoRA adapter was trained against (None for other methods)."""
+    return cfg.qlora.model_dump() if cfg.method == "qlora" else None
 
 
 def _rank_checksums(model: Any) -> list[str]:

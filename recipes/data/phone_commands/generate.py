@@ -7,17 +7,34 @@ full contract.
 
 Running ``python recipes/data/phone_commands/generate.py`` rewrites
 ``train.jsonl``, ``val.jsonl`` and ``test.jsonl`` next to this file.  The
-output is byte-identical across runs: a single ``random.Random(SEED)`` drives
+output is byte-identical across runs: seeded ``random.Random`` streams drive
 every choice, all pools are lists (never iterated sets), and rows are written
 in a seeded shuffle order.
+
+Random streams.  The test split has its own stream, so editing the train
+pools or templates can never perturb it: ``random.Random(SEED)`` advanced by
+``TEST_STREAM_OFFSET`` 32-bit draws, which is exactly where the original
+single-stream generator (v1: train, then val, then test) started the test
+split.  test.jsonl is therefore byte-identical to the v1 file; ``TEST_SHA256``
+pins it.  Train and val share a second stream, ``random.Random(TRAIN_SEED)``.
+The test split is built first and its user strings are reserved, so train/val
+can never repeat one.
 
 How the splits differ:
   * train and val use the *train* phrasing templates and the *train* value
     pools (names, places, songs, ...); val rows never repeat a train row.
   * test uses its own phrasing templates, polite wrappers and value pools
-    that never occur in train/val, plus clock times and timer durations
-    that are disjoint from train/val (apart from a few fixed phrases such as
-    "noon" or "an hour and a half" that are deliberately shared).
+    that never occur in train/val, plus clock times, timer durations and
+    volume levels that are disjoint from train/val (apart from a few fixed
+    phrases such as "noon" or "an hour and a half" that are deliberately
+    shared).
+  * train/val numbers come from wide generated pools (minute counts 1-180,
+    second counts 5-120, hours 1-12, hour+minute and minute+second combos,
+    "N and a half", all clock hours and most minutes, volume 0-100) minus
+    every value the test split can use, so the model has to learn the
+    mappings instead of memorising a handful of values.  Train rendering
+    code (``*_train`` functions) is separate from the test rendering code,
+    which is frozen.
 The generator asserts these properties before writing anything.
 
 Standard library only.
@@ -33,9 +50,14 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-SEED = 20240611
+SEED = 20240611  # test stream (and the v1 single stream)
+TEST_STREAM_OFFSET = 69271  # 32-bit draws v1 made for train+val before test
+TRAIN_SEED = 20240612  # train + val stream
+# sha256 of test.jsonl.  Test must not change: if an edit changes it, the edit
+# touched the frozen test path (test templates, pools or rendering code).
+TEST_SHA256 = "5905bcfd0810cc9cedb13f81350c1a7e3547019309c5f1dbc632a2f2c075d4e8"
 OUT_DIR = Path(__file__).resolve().parent
-SPLIT_SIZES = {"train": 3400, "val": 300, "test": 400}
+SPLIT_SIZES = {"train": 6000, "val": 300, "test": 400}
 UNSUPPORTED_SHARE = 0.15
 MAX_ATTEMPTS = 400  # retries to find a not-yet-used user string
 
@@ -281,16 +303,101 @@ def render_time(rng: random.Random, h: int, m: int, style: str | None = None) ->
     return rng.choice(styles[style])
 
 
+# --- Train/val clock times -------------------------------------------------
+# Train and val draw from every clock time that ``time_split`` gives to train
+# (about three quarters of all 1440 minutes), with intent-typical hour weights,
+# and render them in more styles than v1.  The test code above is frozen.
+
+TRAIN_HOUR_WEIGHTS = {
+    "set_alarm": [1, 1, 1, 1, 2, 4, 6, 6, 5, 4, 3, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2],
+    "create_reminder": [0.5, 0.3, 0.3, 0.3, 0.3, 0.5, 1, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2,
+                        2, 2, 2, 1.5, 1],
+    "create_event": [0.3, 0.2, 0.2, 0.2, 0.2, 0.3, 1, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2,
+                     2, 2, 1.5, 1, 0.5],
+}
+
+
+def pick_time_train(rng: random.Random, intent: str) -> tuple[int, int]:
+    """A train-owned (or shared) clock time: any hour, round and odd minutes."""
+    if rng.random() < 0.04:
+        return rng.choice(SHARED_TIMES if intent == "set_alarm" else [(12, 0)])
+    while True:
+        h = rng.choices(range(24), weights=TRAIN_HOUR_WEIGHTS[intent])[0]
+        r = rng.random()
+        if r < 0.3:
+            m = 0
+        elif r < 0.65:
+            m = rng.choice(range(5, 60, 5))
+        else:
+            m = rng.randint(1, 59)
+        if time_split(h, m) == "train":
+            return h, m
+
+
+def time_phrases_train(h: int, m: int) -> dict[str, list[str]]:
+    """Train renderings of h:m: the v1 styles plus more surface forms."""
+    styles = {k: list(v) for k, v in time_phrases(h, m).items()}
+    if (h, m) in SHARED_TIMES:
+        return styles
+    h12 = h % 12 or 12
+    ampm = "am" if h < 12 else "pm"
+    hw = ONES[h12]
+    periods = period_words(h) if h != 12 or m else []
+    digits = f"{h12}" if m == 0 else f"{h12}:{m:02d}"
+    styles["digits_ampm"] += [f"{digits}{ampm.upper()}", f"{digits} {ampm.upper()}"]
+    if m > 20 and m % 10:
+        # "seven forty five pm" (space instead of hyphen)
+        styles["words_ampm"].append(f"{hw} {number_words(m, ' ')} {ampm}")
+    if periods:
+        styles["digits_period"] = [f"{digits} {p}" for p in periods]
+    # Relative forms: v1 skips midnight hour "past" and 11/23 "to"; name those
+    # with noon/midnight instead, and add digit hours ("half past 7 pm").
+    amount_past = {15: "quarter", 30: "half"}
+    rel_words, rel_digits = [], []
+    if m in (5, 10, 15, 20, 25, 30):
+        amount = amount_past.get(m, number_words(m))
+        if h == 0:
+            rel_words.append(f"{amount} past midnight")
+        elif h == 12 and m in (15, 30):
+            rel_words.append(f"{amount} past noon")
+        else:
+            rel_digits.append(f"{amount} past {h12}")
+    elif m in (35, 40, 45, 50, 55):
+        amount = "quarter" if m == 45 else number_words(60 - m)
+        if h == 11:
+            rel_words.append(f"{amount} to noon")
+        elif h == 23:
+            rel_words.append(f"{amount} to midnight")
+        else:
+            rel_digits.append(f"{amount} to {(h + 1) % 12 or 12}")
+    if rel_words:
+        styles["relative_fixed"] = rel_words
+    if rel_digits:
+        styles["relative_digits"] = [f"{r} {ampm}" for r in rel_digits] + \
+            [f"{r} {p}" for r in rel_digits for p in periods]
+    return styles
+
+
+TIME_STYLE_WEIGHTS_TRAIN = {
+    "digits_ampm": 3.0, "h24": 1.4, "words_ampm": 2.4, "words_period": 1.4, "digits_period": 1.0,
+    "oclock": 0.6, "relative_ampm": 1.0, "relative_period": 1.0, "relative_digits": 0.8,
+    "relative_fixed": 1.5, "special": 3.0,
+}
+
+
+def render_time_train(rng: random.Random, h: int, m: int, style: str | None = None) -> str:
+    styles = time_phrases_train(h, m)
+    if style is None:
+        names = list(styles)
+        style = rng.choices(names, weights=[TIME_STYLE_WEIGHTS_TRAIN[s] for s in names])[0]
+    return rng.choice(styles[style])
+
+
 # Timer durations.  Numeric values are split between train/val and test; a few
 # tricky fixed phrases are shared on purpose so both splits contain them.
+# Only the test pool is used now: train/val draw from TRAIN_SPECS (below),
+# which replaced the v1 train pool of 32 values.
 DURATIONS = {
-    "train": {
-        "sec": [10, 15, 20, 30, 40, 45, 90],
-        "min": [1, 2, 3, 4, 5, 7, 8, 10, 12, 15, 20, 25, 30, 40, 45],
-        "hr": [1, 2, 3],
-        "hm": [(1, 10), (1, 15), (1, 20), (1, 30), (2, 15), (2, 30)],
-        "phrase": [("a minute and a half", 90), ("a quarter of an hour", 900)],
-    },
     "test": {
         "sec": [25, 35, 50, 75],
         "min": [6, 9, 11, 13, 14, 16, 18, 35, 50, 55],
@@ -366,13 +473,145 @@ def render_duration_adjective(rng: random.Random, spec: tuple) -> str:
     return f"{indefinite_article(n)} {body}"
 
 
+# --- Train/val timer durations ----------------------------------------------
+# Wide generated pools: every spec whose value in seconds is a test value
+# (other than the deliberately shared phrases) is removed, so test durations
+# stay unseen.  Spec kinds beyond v1: ('ms', m, s) "2 min 15 sec" and
+# ('half', unit, n) "5 and a half minutes" / "2.5 hours".
+
+TEST_DURATION_SECONDS = {duration_seconds((k, *(v if isinstance(v, tuple) else (v,))))
+                         for k, vs in DURATIONS["test"].items() for v in vs}
+FORBIDDEN_TRAIN_SECONDS = TEST_DURATION_SECONDS - SHARED_SECONDS
+TRAIN_DURATION_PHRASES = [
+    ("a minute and a half", 90), ("a quarter of an hour", 900), ("quarter of an hour", 900),
+    ("three quarters of an hour", 2700), ("half a minute", 30), ("a half hour", 1800),
+    ("an hour and a quarter", 4500), ("a couple of minutes", 120), ("a couple of hours", 7200),
+    ("a couple minutes", 120),
+]
+TRAIN_DURATION_KIND_WEIGHTS = {"min": 5, "sec": 2, "hr": 1.2, "hm": 1.6, "ms": 0.8, "half": 1,
+                               "phrase": 0.6, "shared": 0.4}
+
+
+def duration_seconds_train(spec: tuple) -> int:
+    """duration_seconds plus the train-only kinds 'ms' and 'half'."""
+    if spec[0] == "ms":
+        return spec[1] * 60 + spec[2]
+    if spec[0] == "half":
+        return (2 * spec[2] + 1) * {"min": 30, "hr": 1800}[spec[1]]
+    return duration_seconds(spec)
+
+
+def _train_specs() -> dict[str, list[tuple[tuple, float]]]:
+    """kind -> [(spec, weight)] for train/val, with every test value removed."""
+    specs: dict[str, list[tuple[tuple, float]]] = {
+        "sec": [(("sec", n), 3 if n % 5 == 0 else 1) for n in range(5, 121)],
+        "min": [(("min", n), (4 if n % 5 == 0 else 3) if n <= 60 else (2 if n % 5 == 0 else 0.5))
+                for n in range(1, 181)],
+        "hr": [(("hr", n), 3 if n <= 3 else 1) for n in range(1, 13)],
+        "hm": [(("hm", h, m), (3 if m % 5 == 0 else 1) / h) for h in (1, 2, 3, 4) for m in range(1, 60)],
+        "ms": [(("ms", m, s), 1) for m in range(1, 11) for s in (5, 10, 15, 20, 30, 40, 45, 50)],
+        "half": [(("half", "min", n), 1) for n in range(1, 21)] +
+                [(("half", "hr", n), 1) for n in range(1, 12)],
+        "phrase": [(("phrase", t, v), 1) for t, v in TRAIN_DURATION_PHRASES],
+    }
+    return {k: [(spec, w) for spec, w in v
+                if duration_seconds_train(spec) not in FORBIDDEN_TRAIN_SECONDS]
+            for k, v in specs.items()}
+
+
+TRAIN_SPECS = _train_specs()
+
+
+def pick_duration_train(rng: random.Random, adjectival: bool = False) -> tuple:
+    kinds = ["sec", "min", "hr"] if adjectival else list(TRAIN_DURATION_KIND_WEIGHTS)
+    kind = rng.choices(kinds, weights=[TRAIN_DURATION_KIND_WEIGHTS[k] for k in kinds])[0]
+    if kind == "shared":
+        return ("phrase",) + rng.choice(SHARED_DURATION_PHRASES)
+    pool = TRAIN_SPECS[kind]
+    return rng.choices([sp for sp, _ in pool], weights=[w for _, w in pool])[0]
+
+
+def _num_train(rng: random.Random, n: int, words_share: float = 0.4) -> str:
+    """Digits or words for n (numbers over 100 are always digits)."""
+    if n > 100 or rng.random() >= words_share:
+        return str(n)
+    return number_words(n, rng.choice(["-", "-", " "]))
+
+
+def _unit_train(rng: random.Random, n: int, kind: str, compact: bool = True) -> str:
+    """'5 min', 'five minutes', '5m', '1 hr', 'an hour', '45s' (compact=False: no '5m')."""
+    if n == 1:
+        forms = {"sec": ["1 second", "one second"],
+                 "min": ["1 minute", "one minute", "a minute", "1 min"],
+                 "hr": ["1 hour", "one hour", "an hour", "1 hr"]}[kind]
+        if compact and kind != "sec":
+            forms = forms + [f"1{kind[0]}"]
+        return rng.choice(forms)
+    if compact and rng.random() < 0.12:
+        return f"{n}{kind[0]}"  # 45s, 5m, 2h
+    units = {"sec": ["seconds", "seconds", "secs", "sec"],
+             "min": ["minutes", "minutes", "mins", "min"],
+             "hr": ["hours", "hours", "hrs", "hr"]}[kind]
+    num = _num_train(rng, n)
+    if not num.isdigit():
+        units = units[:2]  # "five minutes", not "five mins"
+    return f"{num} {rng.choice(units)}"
+
+
+def render_duration_train(rng: random.Random, spec: tuple) -> str:
+    """Spoken/typed form of a train duration spec."""
+    kind = spec[0]
+    if kind == "phrase":
+        return spec[1]
+    if kind in ("hm", "ms"):
+        big, small = ("hr", "min") if kind == "hm" else ("min", "sec")
+        a, b = spec[1], spec[2]
+        if rng.random() < 0.12:
+            return f"{a}{big[0]}{rng.choice(['', ' '])}{b}{small[0]}"  # 1h30m, 2m 15s
+        return (_unit_train(rng, a, big, compact=False) + rng.choice([" ", " and ", " and ", ", "])
+                + _unit_train(rng, b, small, compact=False))
+    if kind == "half":
+        unit, n = spec[1], spec[2]
+        word = {"min": "minute", "hr": "hour"}[unit]
+        if n == 1:
+            lead = "a minute and a half" if unit == "min" else "an hour and a half"
+            return rng.choice([lead, f"one and a half {word}s", f"1.5 {word}s",
+                               f"1 and a half {word}s"])
+        forms = [f"{_num_train(rng, n, 0.6)} and a half {word}s", f"{n} and a half {word}s"]
+        if unit == "hr" or n <= 10:
+            forms.append(f"{n}.5 {word}s")  # "2.5 hours", not "16.5 minutes"
+        return rng.choice(forms)
+    return _unit_train(rng, spec[1], kind)
+
+
+def render_duration_adjective_train(rng: random.Random, spec: tuple) -> str:
+    """'a 5 minute', 'an eight-minute', 'a 90-second', 'a 120 minute'."""
+    kind, n = spec
+    unit = {"sec": "second", "min": "minute", "hr": "hour"}[kind]
+    forms = [f"{n} {unit}", f"{n}-{unit}"]
+    if n <= 100:
+        forms.append(f"{number_words(n)}-{unit}")
+    article = indefinite_article(n) if n <= 100 else "a"
+    return f"{article} {rng.choice(forms)}"
+
+
 # Volume levels (0 and 100 come from the mute / max templates).
-VOLUME_LEVELS = {"train": [10, 20, 25, 30, 40, 50, 60, 70, 75, 80, 90],
-                 "test": [15, 35, 45, 55, 65, 85, 95]}
+VOLUME_LEVELS = {"test": [15, 35, 45, 55, 65, 85, 95]}  # train/val: TRAIN_VOLUME_LEVELS
 
 
 def render_level(rng: random.Random, n: int) -> str:
     return rng.choice([str(n), f"{n}%", f"{n} percent", number_words(n), f"{number_words(n)} percent"])
+
+
+# Train/val levels: every level 0-100 the test split does not use (round
+# numbers twice as likely).  v1 train used only 11 levels.
+TRAIN_VOLUME_LEVELS = [n for n in range(0, 101) if n not in VOLUME_LEVELS["test"]]
+TRAIN_VOLUME_WEIGHTS = [2 if n % 5 == 0 else 1 for n in TRAIN_VOLUME_LEVELS]
+
+
+def render_level_train(rng: random.Random, n: int) -> str:
+    words = number_words(n, rng.choice(["-", " "]))
+    return rng.choice([str(n), str(n), f"{n}%", f"{n} percent", words, f"{words} percent"])
 
 
 def render_day(rng: random.Random, adverbial: bool) -> tuple[str, str]:
@@ -590,9 +829,111 @@ POOLS = {
         "item": ["dish soap", "a desk lamp", "running socks"],
     },
 }
+# v2: wider train/val value pools (the test pools above are unchanged).
+TRAIN_POOL_ADDITIONS = {
+    "contact": [
+        "Lily", "Ella", "Ryan", "Jacob", "Zara", "Ivan", "Sven", "Ines", "Pedro", "Ali", "Hiro",
+        "Tanya", "Greta", "Bilal", "Nadia", "Theo", "Ruby", "Oscar", "Maya", "Finn", "Chen Wei",
+        "Peter Park", "Sara Lopez", "Ben Cohen", "Aunt Mary", "Uncle Bob", "Mrs. Patel",
+        "Dr. Lopez", "Gabriel Silva", "Emily Chen", "Owen", "Lucy", "Kate Moore", "Big Mike",
+    ],
+    "text": [
+        "I'll call you tonight", "can you send me the address", "the door code is 4512",
+        "I'm stuck in traffic", "good morning sunshine", "don't forget the cake",
+        "we're out of bread", "I'll be there in 5", "how was the interview",
+        "the flight got delayed", "can you walk the dog tonight", "I'm leaving work now",
+        "text me when you land", "keep the change", "the plumber is coming at noon",
+        "happy Friday", "I'm at the pharmacy", "sorry I missed your call", "meet you at the station",
+        "dinner at 7 works for me",
+    ],
+    "song": [
+        "Yesterday", "Stairway to Heaven", "Someone Like You", "Watermelon Sugar", "Old Town Road",
+        "Despacito", "Believer", "Happy", "Counting Stars", "Roar", "Shallow",
+        "Viva la Vida", "Sweet Child O' Mine", "Hound Dog",
+    ],
+    "artist": [
+        "Harry Styles", "Lil Nas X", "Luis Fonsi", "Imagine Dragons", "Pharrell Williams",
+        "OneRepublic", "Katy Perry", "Lady Gaga", "Guns N' Roses", "Led Zeppelin", "Elvis Presley",
+        "Rihanna", "Ariana Grande", "Bob Dylan", "Pink Floyd",
+    ],
+    "song_by": [
+        "Yesterday by The Beatles", "Stairway to Heaven by Led Zeppelin",
+        "Someone Like You by Adele", "Watermelon Sugar by Harry Styles",
+        "Old Town Road by Lil Nas X", "Despacito by Luis Fonsi", "Believer by Imagine Dragons",
+        "Happy by Pharrell Williams", "Counting Stars by OneRepublic", "Roar by Katy Perry",
+        "Shallow by Lady Gaga", "Viva la Vida by Coldplay", "Sweet Child O' Mine by Guns N' Roses",
+        "Hound Dog by Elvis Presley",
+    ],
+    "genre": ["disco", "opera", "house", "acoustic", "synthwave", "grunge", "bluegrass", "latin",
+              "chillhop", "90s pop"],
+    "query": [
+        "how to make pancakes", "what is the speed of sound", "best coffee shops near me",
+        "how to start a vegetable garden", "why do cats purr", "cheap car insurance",
+        "how to write a resume", "what is bitcoin", "weekend getaways near Chicago",
+        "how many teaspoons in a tablespoon", "easy dinner ideas", "how to get a passport",
+        "who discovered penicillin", "how long do dogs live", "best books of the year",
+        "how to stop hiccups", "what is the ozone layer", "how to meditate",
+        "homemade pizza dough", "when does daylight saving time end",
+    ],
+    "destination": [
+        "the nearest supermarket", "the bus station", "Target", "Costco", "the park",
+        "Grandma's house", "the cinema", "JFK Airport", "the Empire State Building",
+        "the Space Needle", "Wembley Stadium", "10 Downing Street", "500 Oak Street",
+        "Brooklyn Bridge", "the farmers market", "the car wash", "the university",
+        "Los Angeles", "San Diego", "Philadelphia", "the nearest police station", "work",
+    ],
+    "location": [
+        "Los Angeles", "Barcelona", "Lisbon", "Munich", "Stockholm", "Copenhagen", "Hong Kong",
+        "Shanghai", "Delhi", "Dubai", "Manila", "Lagos", "Melbourne", "Denver", "Boston",
+        "Houston", "Athens", "Warsaw", "Zurich", "Seattle", "Chicago", "Glasgow",
+    ],
+    "reminder": [
+        "feed the rabbit", "call Mom back", "buy eggs", "renew the car insurance", "book flights",
+        "pick up Lily from practice", "send the invoice", "do the laundry", "clean the fridge",
+        "mow the lawn", "pay rent", "take the chicken out of the freezer", "call the vet",
+        "buy flowers for Sara", "check the mail", "update my phone", "pack my gym bag",
+        "wish Dad happy birthday", "order contact lenses", "bring lunch",
+    ],
+    "title": [
+        "Brunch with Mom", "Team retro", "Dinner with the Parkers", "Tennis lesson",
+        "Flight to Boston", "Kids' recital", "Performance review", "Baby shower",
+        "Spanish class", "Marketing sync", "Math tutoring", "Car inspection", "Staff meeting",
+        "Running club", "Dentist checkup", "Game night", "Yoga with Zoe", "Lunch meeting",
+        "Town hall", "Drinks with Ryan",
+    ],
+    "label": ["dentist", "vitamins", "standup", "nap", "feed the dog", "bus", "study",
+              "water plants", "shift", "Prayer", "class", "walk the dog", "Meditation",
+              "leave for work", "lunch", "soccer", "call Dad", "Run"],
+    # Texts that read well after "that" ("tell Ann that dinner is ready").
+    "text_stmt": [
+        "I'm running late", "dinner is ready", "I'll be home in 20 minutes",
+        "the meeting moved to 3pm", "I'm outside", "the kids are asleep", "I got the tickets",
+        "traffic is terrible", "I'm at the front door", "I'll pick you up at 6", "lunch is on me",
+        "we need more coffee", "the game starts at 7", "I left my charger at your place",
+        "parking is full so I'm around the corner", "I'll call you tonight",
+        "the door code is 4512", "I'm stuck in traffic", "we're out of bread", "I'll be there in 5",
+        "the flight got delayed", "I'm leaving work now", "the plumber is coming at noon",
+        "I'm at the pharmacy", "dinner at 7 works for me",
+    ],
+    "label_noun": ["gym", "meds", "work", "yoga", "school run", "Workout", "dentist", "vitamins",
+                   "standup", "nap", "bus", "study", "shift", "class", "Meditation", "lunch",
+                   "soccer", "morning run"],
+    # Unsupported fillers.
+    "app": ["Instagram", "YouTube", "Netflix", "TikTok", "the calculator", "Uber", "Gmail",
+            "Facebook", "the App Store", "Snapchat"],
+    "appliance": ["the living room lights", "the TV", "the air conditioning", "the heater",
+                  "the coffee machine", "the kitchen lights", "the dishwasher", "the fan"],
+    "other_setting": ["the hotspot", "location services", "dark mode", "NFC", "battery saver",
+                      "auto-rotate", "night shift", "mobile data", "the screen reader"],
+    "country": ["France", "Australia", "Brazil", "Japan", "Egypt", "Canada", "India", "Mexico"],
+    "word": ["necessary", "rhythm", "definitely", "restaurant", "bureaucracy"],
+}
+for _key, _values in TRAIN_POOL_ADDITIONS.items():
+    POOLS["train"].setdefault(_key, []).extend(_values)
+
 # Pools whose values end up in free-text slots (the rest are unsupported fillers).
 SLOT_POOLS = ["contact", "text", "song", "artist", "song_by", "genre", "query", "destination",
-              "location", "reminder", "title", "label"]
+              "location", "reminder", "title", "label", "label_noun", "text_stmt"]
 
 # Placeholder -> (slot name, pool name) for free-text slots.
 FREE_TEXT_PLACEHOLDERS = {
@@ -601,6 +942,8 @@ FREE_TEXT_PLACEHOLDERS = {
     "genre": ("query", "genre"), "destination": ("destination", "destination"),
     "location": ("location", "location"), "reminder": ("text", "reminder"),
     "title": ("title", "title"), "label": ("label", "label"),
+    "label_noun": ("label", "label_noun"),  # labels that fit "a {label_noun} alarm" (train only)
+    "text_stmt": ("text", "text_stmt"),  # statements that fit "tell X that ..." (train only)
 }
 
 # ---------------------------------------------------------------------------
@@ -630,7 +973,7 @@ TEMPLATES = {
             "{dur} timer", "set a tmer for {dur}", "alert me in {dur}",
         ],
         "send_message": [
-            "text {contact} {text}", "text {contact} that {text}",
+            "text {contact} {text}", "text {contact} that {text_stmt}",
             "send a message to {contact} saying {text}", "message {contact}: {text}",
             "tell {contact} {text}", "send {contact} a text saying {text}", "sms {contact} {text}",
             "whatsapp {contact} saying {text}", "send a txt to {contact}: {text}",
@@ -795,6 +1138,156 @@ TEMPLATES = {
     },
 }
 
+# v2: more train/val phrasings.  New verbs and sentence structures, optional
+# slots (label, day, time, location) in about half of the rows and in varied
+# positions.  None of these equals a test template, even with the placeholder
+# names ignored (check_disjoint_design checks this).
+TRAIN_TEMPLATE_ADDITIONS = {
+    "set_alarm": [
+        "set a {label_noun} alarm for {time}", "{label_noun} alarm at {time}",
+        "set an alarm for {time} and label it {label}", "new alarm at {time} called {label}",
+        "create an alarm for {time} labelled {label}", "alarm called {label} at {time}",
+        "set an alarm named {label} for {time} {iday}", "add an alarm for {time} with the name {label}",
+        "wake me up at {time} for {label_noun}", "alarm for {time} for {label_noun}",
+        "set my alarm to {time} and name it {label}", "alarm {time} {label_noun}",
+        "can you wake me at {time}", "I have to get up at {time} {iday}",
+        "make sure I'm up by {time}", "create an alarm for {time}", "new alarm {time}",
+        "{iday} at {time} wake me up", "at {time} wake me up", "I want to wake up at {time}",
+        "schedule an alarm for {time}",
+    ],
+    "set_timer": [
+        "set {a_dur_adj} timer", "start a countdown for {dur}", "set a countdown for {dur}",
+        "new timer {dur}", "new timer for {dur}", "create a timer for {dur}",
+        "add a timer for {dur}", "{dur} countdown", "I want {a_dur_adj} timer",
+        "run a timer for {dur}", "notify me in {dur}", "let me know in {dur}",
+        "set the timer to {dur}", "give me a timer for {dur}", "kitchen timer {dur}",
+        "set an egg timer for {dur}", "{a_dur_adj} timer",
+    ],
+    "send_message": [
+        "send a text to {contact} saying {text}", "text {contact} saying {text}",
+        "message {contact} that {text_stmt}", "tell {contact} that {text_stmt}",
+        "let {contact} know that {text_stmt}", "send {contact} a message: {text}",
+        "reply to {contact}: {text}", "send a message to {contact}: {text}",
+        "new message to {contact}: {text}", "write {contact} a text saying {text}",
+        "send a msg to {contact} saying {text}", "whatsapp {contact}: {text}",
+        "text {contact}: {text}", "send {contact} a quick text: {text}",
+    ],
+    "call": [
+        "give {contact} a ring", "give {contact} a buzz", "facetime {contact}",
+        "I need to call {contact}", "I wanna call {contact}", "start a video call with {contact}",
+        "voice call {contact}", "get {contact} on the line", "try calling {contact}",
+        "call {contact} back", "put me through to {contact}", "patch me through to {contact}",
+        "call {contact} now", "ring {contact} for me", "dial {contact}'s number",
+        "call {contact} on their cell", "can you call {contact}",
+    ],
+    "play_music": [
+        "put on {artist}", "spin {song}", "spin some {genre}", "I wanna hear {song}",
+        "I want to listen to some {genre}", "let's hear {song_by}", "play me some {genre}",
+        "play me {song}", "turn on some {genre}", "listen to {song_by}", "play {song} on spotify",
+        "play anything by {artist}", "shuffle some {genre}", "put {song_by} on",
+        "I'd like to hear {song}", "play songs by {artist}", "play {genre} on spotify",
+    ],
+    "search_web": [
+        "search online for {query}", "google search {query}", "look up {query} online",
+        "do a google search for {query}", "bing {query}", "search the internet for {query}",
+        "I want to search for {query}", "web search for {query}", "search on google for {query}",
+        "what does google say about {query}", "pull up search results for {query}",
+        "get me results for {query}", "browse the web for {query}",
+        "show me search results for {query}",
+    ],
+    "navigate": [
+        "route me to {destination}", "give me directions to {destination}",
+        "navigate me to {destination}", "how can I get to {destination}", "get me to {destination}",
+        "drive to {destination}", "let's go to {destination}", "show me how to get to {destination}",
+        "what's the best way to get to {destination}", "map a route to {destination}",
+        "walking directions to {destination}", "I want to go to {destination}",
+        "open maps to {destination}", "start driving to {destination}",
+        "directions from here to {destination}",
+    ],
+    "get_weather": [
+        "weather for {location}", "what's the weather {on_day}",
+        "what will the weather be like in {location} {on_day}", "{location} weather",
+        "{location} weather {day}", "is it raining in {location}", "is it going to be cold {on_day}",
+        "will it be sunny in {location} {on_day}", "what's the forecast in {location} for {day}",
+        ("tomorrow's weather in {location}", {"day": "tomorrow"}),
+        ("today's forecast for {location}", {"day": "today"}),
+        "{on_day}, what's the weather in {location}",
+        "is there rain in the forecast for {location} {on_day}", "chance of rain in {location} {on_day}",
+        "do I need a coat in {location} {on_day}", "what's the high {on_day}",
+        "weather {day} in {location}", "check the weather in {location}", "check the weather {on_day}",
+        "forecast for {location} {on_day}", "is it windy in {location}",
+        "how warm is it going to get {on_day}", "weather forecast", "show me the weather",
+        "is it cold outside", "do I need sunscreen",
+    ],
+    "create_reminder": [
+        "reminder to {reminder} {on_day}", "reminder to {reminder} at {time}",
+        "set a reminder at {time} to {reminder}", "at {time} remind me to {reminder}",
+        "{on_day} remind me to {reminder}", "{on_day} at {time} remind me to {reminder}",
+        "remind me {on_day} to {reminder} at {time}", "can you remind me to {reminder} {on_day}",
+        "make a reminder to {reminder}", "new reminder: {reminder} {on_day} at {time}",
+        "add a reminder for {time} to {reminder}", "don't let me forget to {reminder} {on_day}",
+        "alert me at {time} to {reminder}", "set a reminder {on_day} at {time}: {reminder}",
+        "I need to {reminder} {on_day}, remind me", "create a reminder to {reminder} at {time} {on_day}",
+        "set a reminder: {reminder}", "remind me at {time} {on_day} to {reminder}",
+    ],
+    "create_event": [
+        "schedule {title} for {day}", "schedule {title} at {time} {on_day}",
+        "create an event {title} at {time}", "add an event called {title}",
+        "put {title} in my calendar", "put {title} in my calendar at {time}",
+        "new calendar event: {title}", "make an event called {title} at {time}", "schedule {title}",
+        "add {title} at {time}", "save {title} to my calendar for {time}", "calendar: {title} at {time}",
+        "add to my calendar: {title} {on_day} at {time}", "create a calendar event for {title}",
+        "book {title} for {time}", "add {title} to my calendar at {time}",
+        "log {title} in my calendar", "schedule an event named {title} {on_day}",
+    ],
+    "toggle_setting": [
+        ("switch off {setting}", OFF), ("switch {setting} on", ON), ("put {bare_setting} on", ON),
+        ("I want {setting} on", ON), ("I want {setting} off", OFF), ("{bare_setting} off now", OFF),
+        ("turn {setting} on for me", ON), ("can you turn off {setting}", OFF),
+        ("exit {bare_setting}", {"state": "off", "_settings": MODES}),
+        ("leave {bare_setting}", {"state": "off", "_settings": MODES}),
+        ("take me out of {bare_setting}", {"state": "off", "_settings": MODES}),
+        ("take my phone off {bare_setting}", {"state": "off", "_settings": MODES}),
+        ("put me in {bare_setting}", {"state": "on", "_settings": MODES}),
+        ("switch to {bare_setting}", {"state": "on", "_settings": MODES}),
+        ("enter {bare_setting}", {"state": "on", "_settings": MODES}),
+        ("I need {setting}", {"state": "on", "_settings": ["flashlight"]}),
+        ("I'm going to bed, turn on {bare_setting}", {"state": "on", "_settings": ["do_not_disturb"]}),
+        ("I'm boarding now, turn on {bare_setting}", {"state": "on", "_settings": ["airplane_mode"]}),
+        ("I landed, turn off {bare_setting}", {"state": "off", "_settings": ["airplane_mode"]}),
+        ("I'm home, switch on {setting}", {"state": "on", "_settings": ["wifi"]}),
+        ("I'm out of range, turn off {setting}", {"state": "off", "_settings": ["wifi"]}),
+        ("turn on {setting} for my headphones", {"state": "on", "_settings": ["bluetooth"]}),
+        ("disconnect {setting}", {"state": "off", "_settings": ["bluetooth"]}),
+    ],
+    "set_volume": [
+        ("volume to {level}", {}), ("set volume {level}", {}), ("turn it up to {level}", {}),
+        ("turn it down to {level}", {}), ("lower the volume to {level}", {}),
+        ("raise the volume to {level}", {}), ("turn the volume down to {level}", {}),
+        ("set the ringer volume to {level}", {}), ("media volume {level}", {}),
+        ("put the volume on {level}", {}), ("can you set the volume to {level}", {}),
+        ("it's too loud", DOWN), ("it's too quiet", UP), ("I can't hear it", UP),
+        ("boost the volume", UP), ("reduce the volume", DOWN), ("turn it up a little", UP),
+        ("lower it", DOWN), ("silence my phone", MUTE), ("turn off the sound", MUTE),
+        ("max it out", MAX), ("turn it all the way up", MAX), ("half volume", {"level": 50}),
+    ],
+    "unsupported": [
+        "what's {a} minus {b}", "how much is {a} times {b}", "what's {pct} percent of {a}",
+        "what is {a} squared", "{a} plus {b}", "convert {a} miles to kilometers",
+        "open {app}", "launch {app}", "close {app}", "uninstall {app}",
+        "turn on {appliance}", "turn off {appliance}", "set the thermostat to {a} degrees",
+        "turn on {other_setting}", "turn off {other_setting}", "enable {other_setting}",
+        "disable {other_setting}", "what's the capital of {country}",
+        "who is the prime minister of {country}", "what language do they speak in {country}",
+        "send {a} dollars to {person}", "spell {word}", "define {word}",
+        "how do I pronounce {word}", "write a poem about {topic}", "draw a picture of {topic}",
+        "what's {a} degrees fahrenheit in celsius",
+    ],
+}
+for _intent, _templates in TRAIN_TEMPLATE_ADDITIONS.items():
+    TEMPLATES["train"][_intent].extend(_templates)
+POOLS["train"]["person"] = list(POOLS["train"]["contact"])  # unsupported filler, no slot
+
 # Chit-chat and out-of-scope requests without placeholders (unsupported).
 CHITCHAT = {
     "train": [
@@ -820,9 +1313,32 @@ CHITCHAT = {
         "tell me a riddle", "clear my notifications",
     ],
 }
+# v2: more train chit-chat, trivia and requests for things the phone parser
+# does not do (other apps, smart home, reading/cancelling alarms, playback).
+CHITCHAT["train"].extend([
+    "good afternoon", "good evening", "how's it going", "tell me about yourself",
+    "what's your favorite food", "do you like music", "who's your creator", "can you hear me",
+    "testing testing", "are you there", "thanks so much", "cool", "nice", "great job",
+    "you're funny", "that's not what I asked", "stop", "cancel", "shut up", "happy new year",
+    "merry christmas", "I'm sad", "I'm happy today", "what should I eat for dinner",
+    "what should I do today", "give me a compliment", "motivate me", "tell me a fun fact",
+    "who won the super bowl", "when did world war two end", "how many legs does a spider have",
+    "what's the speed of light", "who wrote hamlet", "what year is it", "what day is it",
+    "what rhymes with orange", "is a tomato a fruit", "why is the sky blue", "check my email",
+    "make the screen brighter", "lock my phone", "restart my phone", "call an uber",
+    "book a taxi", "take a photo", "record a video", "start a workout", "let's play a game",
+    "what's the exchange rate for the euro", "how much is bitcoin worth", "pay my phone bill",
+    "order groceries", "find my keys", "where did I park", "what's on my calendar",
+    "what are my reminders", "cancel my alarm", "delete all my alarms", "stop the timer",
+    "how much time is left on my timer", "what song is this", "skip this song",
+    "pause the music", "read me the news", "what's the traffic like", "snooze",
+    "how do I look", "you're smart", "can you speak spanish", "knock knock",
+    "beam me up", "I need a hug", "what's the password", "help",
+])
 # Keyboard-mash syllables for train gibberish; test gets a fixed, disjoint list.
 GIBBERISH_SYLLABLES = ["asdf", "jkl", "qwer", "ty", "zxcv", "fgh", "uiop", "hjk", "sdf", "lkj",
                        "poiu", "mnb", "gfd", "wer", "xcv", "oiu", "bnm", "ghj"]
+KEYBOARD_LETTERS = "qwrtypsdfghjklzxcvbnm"  # train only; no vowels, so no real words
 TEST_GIBBERISH = ["blorpt zinnik", "ksksksk", "mmm hmm grr", "qqqq pppp", "lorem ipsum dolor",
                   "fwoomp bleh", "zzzzzz", "xkcd plonk wub", "ughhhh", "abc def ghi", "ñam ñam ñom"]
 
@@ -832,9 +1348,10 @@ TEST_GIBBERISH = ["blorpt zinnik", "ksksksk", "mmm hmm grr", "qqqq pppp", "lorem
 # ---------------------------------------------------------------------------
 
 WRAPPERS = {
-    "train": {"request": ["please ", "could you please ", "can you ", "could you "],
-              "vocative": ["hey, ", "ok phone, ", "hey phone "],
-              "suffix": [" please", " thanks", " thank you"]},
+    "train": {"request": ["please ", "could you please ", "can you ", "could you ",
+                          "can you please ", "hey can you "],
+              "vocative": ["hey, ", "ok phone, ", "hey phone ", "phone, ", "ok, ", "hi, "],
+              "suffix": [" please", " thanks", " thank you", " thx", " for me"]},
     "test": {"request": ["would you kindly ", "I need you to ", "do me a favor and ", "kindly "],
              "vocative": ["hey assistant, ", "yo, "],
              "suffix": [" pls", " cheers", " if you can"]},
@@ -854,12 +1371,22 @@ IMPERATIVE_VERBS = {
 }
 QUESTION_WORDS = {"what's", "whats", "what", "will", "is", "can", "could", "would", "does",
                   "how", "how's", "should", "any", "who", "are"}
+# Train-only extensions (the sets above drive the frozen test split).
+TRAIN_IMPERATIVE_VERBS = IMPERATIVE_VERBS | {
+    "spin", "route", "facetime", "voice", "patch", "try", "launch", "close", "uninstall",
+    "define", "spell", "convert", "exit", "leave", "enter", "boost", "reduce", "silence",
+    "notify", "let", "save", "log", "bing", "browse", "pull", "map", "reply", "draw",
+    "lock", "restart", "pause", "skip", "stop", "cancel", "delete", "snooze", "enable", "disable",
+}
+TRAIN_QUESTION_WORDS = QUESTION_WORDS | {"where", "when", "why", "which", "who's"}
 # Common misspellings applied (rarely) to template words, never to slot values.
 TYPOS = {"weather": ["wether", "weathr"], "message": ["mesage", "messge"], "reminder": ["remider"],
          "calendar": ["calender", "calandar"], "volume": ["volum", "voulme"], "alarm": ["alarn"],
          "timer": ["timr"], "directions": ["directons"],
          "search": ["serach"], "navigate": ["navigte"], "remind": ["remnid"], "the": ["teh"],
          "music": ["musik"], "forecast": ["forcast"], "tomorrow": ["tmrw"]}
+TRAIN_TYPOS = {**TYPOS, "play": ["paly"], "turn": ["tunr"], "schedule": ["schedul"],
+               "text": ["txt"], "event": ["evnt"], "directions": ["directons", "drections"]}
 TYPO_RATE = 0.08
 
 PLACEHOLDER_RE = re.compile(r"\{([a-z_]+)\}")
@@ -869,15 +1396,15 @@ MARK_OPEN, MARK_SEP, MARK_CLOSE = "\x01", "\x03", "\x02"
 MARK_RE = re.compile("\x01(\\d+)\x03(.*?)\x02")
 
 
-def inject_typo(template: str, rng: random.Random) -> str:
+def inject_typo(template: str, rng: random.Random, typos: dict = TYPOS) -> str:
     """Occasionally misspell one template word (outside placeholders)."""
     if rng.random() >= TYPO_RATE:
         return template
-    words = [w for w in re.findall(r"(?<![{\w])[a-z]+(?![\w}])", template) if w in TYPOS]
+    words = [w for w in re.findall(r"(?<![{\w])[a-z]+(?![\w}])", template) if w in typos]
     if not words:
         return template
     word = rng.choice(words)
-    return re.sub(rf"(?<![{{\w]){word}(?![\w}}])", rng.choice(TYPOS[word]), template, count=1)
+    return re.sub(rf"(?<![{{\w]){word}(?![\w}}])", rng.choice(typos[word]), template, count=1)
 
 
 def first_word(marked: str) -> str:
@@ -887,8 +1414,9 @@ def first_word(marked: str) -> str:
 def add_wrappers(marked: str, split: str, rng: random.Random) -> str:
     """Polite prefixes / suffixes ("could you please ...", "... thanks")."""
     w = WRAPPERS["test" if split == "test" else "train"]
+    verbs = IMPERATIVE_VERBS if split == "test" else TRAIN_IMPERATIVE_VERBS
     r = rng.random()
-    if r < 0.16 and first_word(marked) in IMPERATIVE_VERBS:
+    if r < 0.16 and first_word(marked) in verbs:
         marked = rng.choice(w["request"]) + marked
     elif r < 0.22:
         marked = rng.choice(w["vocative"]) + marked
@@ -899,15 +1427,16 @@ def add_wrappers(marked: str, split: str, rng: random.Random) -> str:
     return marked
 
 
-def add_punctuation(marked: str, rng: random.Random) -> str:
+def add_punctuation(marked: str, rng: random.Random, question_words: set = QUESTION_WORDS,
+                    vocatives: tuple = ("hey", "yo", "ok")) -> str:
     """Trailing '?', '.' or '!' (questions get '?' more often)."""
     if marked.endswith("."):  # e.g. "7 a.m." already ends with a dot
         return marked
     words = marked.lower().replace(",", "").split()
-    if words[0] in {"hey", "yo", "ok"} and len(words) > 2:  # skip a vocative
+    if words[0] in vocatives and len(words) > 2:  # skip a vocative
         words = words[2:] if words[1] in {"phone", "assistant"} else words[1:]
     # "do you ..." is a question, "do a web search ..." / "do me a favor ..." are not.
-    is_question = words[0] in QUESTION_WORDS or words[:2] in (["do", "you"], ["do", "i"])
+    is_question = words[0] in question_words or words[:2] in (["do", "you"], ["do", "i"])
     r = rng.random()
     if is_question:
         return marked + "?" if r < 0.5 else marked
@@ -949,6 +1478,10 @@ def unpack(template) -> tuple[str, dict]:
 def gibberish(rng: random.Random, split: str) -> str:
     if split == "test":
         return rng.choice(TEST_GIBBERISH)
+    if rng.random() < 0.4:  # random keyboard letters, e.g. "xbqw fjrt"
+        words = ["".join(rng.choice(KEYBOARD_LETTERS) for _ in range(rng.randint(3, 7)))
+                 for _ in range(rng.randint(1, 3))]
+        return " ".join(words)
     chunks = [rng.choice(GIBBERISH_SYLLABLES) for _ in range(rng.randint(2, 3))]
     return rng.choice([" ", ""]).join(chunks)
 
@@ -968,8 +1501,9 @@ def make_example(intent: str, split: str, rng: random.Random, template=None,
     text, fixed = unpack(template)
     fixed = dict(fixed)
     allowed_settings = fixed.pop("_settings", SETTINGS)
+    train = split != "test"  # train/val use the *_train renderers; test code is frozen
     if not force:
-        text = inject_typo(text, rng)
+        text = inject_typo(text, rng, TRAIN_TYPOS if train else TYPOS)
     slots: dict = dict(fixed)
     span_slots: list[str] = []
 
@@ -982,6 +1516,10 @@ def make_example(intent: str, split: str, rng: random.Random, template=None,
         if name in FREE_TEXT_PLACEHOLDERS:
             slot, pool = FREE_TEXT_PLACEHOLDERS[name]
             return mark(slot, rng.choice(pools[pool]))
+        if name == "time" and train:
+            h, m, style = force.get("time") or (*pick_time_train(rng, intent), None)
+            slots["time"] = f"{h:02d}:{m:02d}"
+            return render_time_train(rng, h, m, style)
         if name == "time":
             h, m, style = force.get("time") or (*pick_time(rng, ps, intent), None)
             slots["time"] = f"{h:02d}:{m:02d}"
@@ -992,6 +1530,18 @@ def make_example(intent: str, split: str, rng: random.Random, template=None,
                 return force.get("iday", phrase)
             slots["day"] = value
             return phrase
+        if name == "dur" and train:
+            spec = force.get("dur") or pick_duration_train(rng)
+            slots["seconds"] = duration_seconds_train(spec)
+            return render_duration_train(rng, spec)
+        if name == "a_dur_adj" and train:
+            spec = pick_duration_train(rng, adjectival=True)
+            slots["seconds"] = duration_seconds_train(spec)
+            return render_duration_adjective_train(rng, spec)
+        if name == "level" and train:
+            n = rng.choices(TRAIN_VOLUME_LEVELS, weights=TRAIN_VOLUME_WEIGHTS)[0]
+            slots["level"] = n
+            return render_level_train(rng, n)
         if name == "dur":
             spec = force.get("dur") or pick_duration(rng, ps)
             slots["seconds"] = duration_seconds(spec)
@@ -1030,7 +1580,10 @@ def make_example(intent: str, split: str, rng: random.Random, template=None,
 
     marked = PLACEHOLDER_RE.sub(fill, text)
     marked = add_wrappers(marked, split, rng)
-    marked = add_punctuation(marked, rng)
+    if train:
+        marked = add_punctuation(marked, rng, TRAIN_QUESTION_WORDS, ("hey", "yo", "ok", "hi", "phone"))
+    else:
+        marked = add_punctuation(marked, rng)
     marked = apply_casing(marked, rng)
     marked = re.sub(r"\s+", " ", marked).strip()
 
@@ -1146,27 +1699,47 @@ def build_split(split: str, rng: random.Random, seen: set[str]) -> list[dict]:
 # Global checks
 # ---------------------------------------------------------------------------
 
+def normalise_template(text: str) -> str:
+    """Template text with every placeholder name replaced by {X}, lowercased."""
+    return PLACEHOLDER_RE.sub("{X}", text).lower()
+
+
 def check_disjoint_design() -> None:
-    """Test templates, wrappers, value pools, times and durations are unseen in train."""
+    """Test templates, wrappers, value pools, times, durations and levels are unseen in train."""
     for intent in INTENTS:
         train_t = {unpack(t)[0] for t in TEMPLATES["train"][intent]}
         test_t = {unpack(t)[0] for t in TEMPLATES["test"][intent]}
         assert not train_t & test_t, f"{intent}: templates shared {train_t & test_t}"
+        # Also no test template with other placeholder names ("queue up {song}"
+        # would re-create the test phrasing "queue up {song_by}").
+        shared = {normalise_template(t) for t in train_t} & {normalise_template(t) for t in test_t}
+        assert not shared, f"{intent}: train template equals a test template up to placeholders: {shared}"
         if intent != "unsupported":
-            assert len(train_t) >= 8, f"{intent}: needs >= 8 train templates"
-    assert not set(CHITCHAT["train"]) & set(CHITCHAT["test"])
+            assert len(train_t) >= 20, f"{intent}: needs >= 20 train templates"
+        assert len(train_t) == len(TEMPLATES["train"][intent]), f"{intent}: duplicate train template"
+    all_test_t = {normalise_template(unpack(t)[0]) for ts in TEMPLATES["test"].values() for t in ts}
+    all_train_t = {normalise_template(unpack(t)[0]) for ts in TEMPLATES["train"].values() for t in ts}
+    assert not all_test_t & all_train_t, f"template shared across intents: {all_test_t & all_train_t}"
+    assert not {c.casefold() for c in CHITCHAT["train"]} & {c.casefold() for c in CHITCHAT["test"]}
+    assert len(set(CHITCHAT["train"])) == len(CHITCHAT["train"]), "duplicate train chit-chat"
     for part in ("request", "vocative", "suffix"):
         assert not set(WRAPPERS["train"][part]) & set(WRAPPERS["test"][part])
     train_values = {v.casefold() for k, vs in POOLS["train"].items() for v in vs}
     for key in POOLS["test"]:
         overlap = {v for v in POOLS["test"][key] if v.casefold() in train_values}
         assert not overlap, f"test pool {key!r} overlaps train values: {overlap}"
-    train_secs = {duration_seconds((k, *((v,) if not isinstance(v, tuple) else v)))
-                  for k, vs in DURATIONS["train"].items() for v in vs}
-    test_secs = {duration_seconds((k, *((v,) if not isinstance(v, tuple) else v)))
-                 for k, vs in DURATIONS["test"].items() for v in vs}
-    assert not train_secs & test_secs, f"durations shared: {train_secs & test_secs}"
-    assert not set(VOLUME_LEVELS["train"]) & set(VOLUME_LEVELS["test"])
+    # Numbers: every value a train/val row can get, versus every value test can get.
+    train_secs = {duration_seconds_train(spec) for specs in TRAIN_SPECS.values() for spec, _ in specs}
+    train_secs |= {duration_seconds_train(spec) for _, _, f in HARD_CASES["train"]
+                   for spec in [f.get("dur")] if spec}
+    shared_train = train_secs & TEST_DURATION_SECONDS
+    assert shared_train <= SHARED_SECONDS, f"durations shared: {shared_train - SHARED_SECONDS}"
+    assert not set(TRAIN_VOLUME_LEVELS) & set(VOLUME_LEVELS["test"]), "volume levels shared"
+    test_times = {(h, m) for h in range(24) for m in range(60) if time_split(h, m) == "test"}
+    assert not test_times & set(SHARED_TIMES + TRAIN_PINNED_TIMES)
+    for _, _, f in HARD_CASES["train"]:
+        if "time" in f:
+            assert time_split(*f["time"][:2]) != "test", f"train hard case uses a test time {f}"
     assert not set(TEST_GIBBERISH) & set(GIBBERISH_SYLLABLES)
 
 
@@ -1195,6 +1768,17 @@ def check_splits(splits: dict[str, list[dict]]) -> None:
     assert not t_test & {v for _, v in slot_values(seen_rows, {"time"})}, "test time seen in train"
     d_test = {v for _, v in slot_values(splits["test"], {"seconds"})} - SHARED_SECONDS
     assert not d_test & {v for _, v in slot_values(seen_rows, {"seconds"})}, "test duration seen in train"
+    # The same for volume levels (0 and 100 are the fixed mute / max phrases) ...
+    l_test = {v for _, v in slot_values(splits["test"], {"level"})} - {0, 100}
+    assert not l_test & {v for _, v in slot_values(seen_rows, {"level"})}, "test volume level seen in train"
+    # ... and, stricter, against every value the test generator could produce.
+    seen_secs = {v for _, v in slot_values(seen_rows, {"seconds"})}
+    assert not seen_secs & FORBIDDEN_TRAIN_SECONDS, f"test-pool durations in train: {seen_secs & FORBIDDEN_TRAIN_SECONDS}"
+    seen_times = {v for _, v in slot_values(seen_rows, {"time"})}
+    bad = {t for t in seen_times if time_split(int(t[:2]), int(t[3:])) == "test"}
+    assert not bad, f"test-partition clock times in train/val: {bad}"
+    seen_levels = {v for _, v in slot_values(seen_rows, {"level"})}
+    assert not seen_levels & set(VOLUME_LEVELS["test"]), "test-pool volume levels in train/val"
     for split, rows in splits.items():
         intents = Counter(json.loads(r["messages"][1]["content"])["intent"] for r in rows)
         assert set(intents) == set(INTENTS), f"{split}: missing intents"
@@ -1206,22 +1790,38 @@ def check_splits(splits: dict[str, list[dict]]) -> None:
 # Main
 # ---------------------------------------------------------------------------
 
+def test_stream() -> random.Random:
+    """The test split's own stream: Random(SEED) at the point where v1 began test."""
+    rng = random.Random(SEED)
+    rng.getrandbits(32 * TEST_STREAM_OFFSET)  # consumes exactly TEST_STREAM_OFFSET 32-bit words
+    return rng
+
+
+def split_bytes(rows: list[dict]) -> bytes:
+    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode("utf-8")
+
+
 def generate() -> dict[str, list[dict]]:
     check_disjoint_design()
-    rng = random.Random(SEED)
+    # Test first, from its own stream; its user strings are then reserved so
+    # that train/val can never produce one of them.
     seen: set[str] = set()
-    splits = {split: build_split(split, rng, seen) for split in ("train", "val", "test")}
+    test = build_split("test", test_stream(), seen)
+    digest = hashlib.sha256(split_bytes(test)).hexdigest()
+    assert digest == TEST_SHA256, f"test split changed (sha256 {digest}); the test path must stay frozen"
+    rng = random.Random(TRAIN_SEED)
+    train = build_split("train", rng, seen)
+    val = build_split("val", rng, seen)
+    splits = {"train": train, "val": val, "test": test}
     check_splits(splits)
     return splits
 
 
 def write_splits(splits: dict[str, list[dict]]) -> None:
     for split, rows in splits.items():
-        path = OUT_DIR / f"{split}.jsonl"
-        with open(path, "w", encoding="utf-8", newline="\n") as f:
-            for row in rows:
-                validate_row(row)
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        for row in rows:
+            validate_row(row)
+        (OUT_DIR / f"{split}.jsonl").write_bytes(split_bytes(rows))
 
 
 def report(splits: dict[str, list[dict]]) -> None:
