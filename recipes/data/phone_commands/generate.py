@@ -16,7 +16,7 @@ pools or templates can never perturb it: ``random.Random(SEED)`` advanced by
 ``TEST_STREAM_OFFSET`` 32-bit draws, which is exactly where the original
 single-stream generator (v1: train, then val, then test) started the test
 split.  test.jsonl is therefore byte-identical to the v1 file; ``TEST_SHA256``
-pins it.  Train and val share a second stream, ``random.Random(TRAIN_SEED)``.
+pins it.  Train and val share a second stream, ``DeckRandom(TRAIN_SEED)``.
 The test split is built first and its user strings are reserved, so train/val
 can never repeat one.
 
@@ -488,8 +488,8 @@ TRAIN_DURATION_PHRASES = [
     ("an hour and a quarter", 4500), ("a couple of minutes", 120), ("a couple of hours", 7200),
     ("a couple minutes", 120),
 ]
-TRAIN_DURATION_KIND_WEIGHTS = {"min": 5, "sec": 2, "hr": 1.2, "hm": 1.6, "ms": 0.8, "half": 1,
-                               "phrase": 0.6, "shared": 0.4}
+TRAIN_DURATION_KIND_WEIGHTS = {"min": 8, "sec": 4, "hr": 1.2, "hm": 1.6, "ms": 0.8, "half": 1,
+                               "phrase": 0.5, "shared": 0.4}
 
 
 def duration_seconds_train(spec: tuple) -> int:
@@ -503,11 +503,13 @@ def duration_seconds_train(spec: tuple) -> int:
 
 def _train_specs() -> dict[str, list[tuple[tuple, float]]]:
     """kind -> [(spec, weight)] for train/val, with every test value removed."""
+    # sec / min / hr are dealt from decks (see DeckRandom), so the weight is an
+    # integer number of copies per deck: every value comes up once per pass.
     specs: dict[str, list[tuple[tuple, float]]] = {
-        "sec": [(("sec", n), 3 if n % 5 == 0 else 1) for n in range(5, 121)],
-        "min": [(("min", n), (4 if n % 5 == 0 else 3) if n <= 60 else (2 if n % 5 == 0 else 0.5))
+        "sec": [(("sec", n), 2 if n % 5 == 0 and n <= 60 else 1) for n in range(5, 121)],
+        "min": [(("min", n), 2 if n <= 30 or (n <= 60 and n % 5 == 0) or n % 15 == 0 else 1)
                 for n in range(1, 181)],
-        "hr": [(("hr", n), 3 if n <= 3 else 1) for n in range(1, 13)],
+        "hr": [(("hr", n), 2 if n <= 3 else 1) for n in range(1, 13)],
         "hm": [(("hm", h, m), (3 if m % 5 == 0 else 1) / h) for h in (1, 2, 3, 4) for m in range(1, 60)],
         "ms": [(("ms", m, s), 1) for m in range(1, 11) for s in (5, 10, 15, 20, 30, 40, 45, 50)],
         "half": [(("half", "min", n), 1) for n in range(1, 21)] +
@@ -522,12 +524,36 @@ def _train_specs() -> dict[str, list[tuple[tuple, float]]]:
 TRAIN_SPECS = _train_specs()
 
 
-def pick_duration_train(rng: random.Random, adjectival: bool = False) -> tuple:
-    kinds = ["sec", "min", "hr"] if adjectival else list(TRAIN_DURATION_KIND_WEIGHTS)
+class DeckRandom(random.Random):
+    """random.Random that can also deal pool items like cards: without
+    replacement, reshuffling a fresh deck when one runs out.  One pass over a
+    deck covers every item before any repeats, so the wide numeric pools are
+    covered (almost) completely instead of by chance."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__(seed)
+        self._decks: dict[str, list] = {}
+
+    def deal(self, key: str, items: list):
+        deck = self._decks.get(key)
+        if not deck:
+            deck = list(items)
+            self.shuffle(deck)
+            self._decks[key] = deck
+        return deck.pop()
+
+
+DECK_KINDS = ("sec", "min", "hr")
+
+
+def pick_duration_train(rng: DeckRandom, adjectival: bool = False) -> tuple:
+    kinds = list(DECK_KINDS) if adjectival else list(TRAIN_DURATION_KIND_WEIGHTS)
     kind = rng.choices(kinds, weights=[TRAIN_DURATION_KIND_WEIGHTS[k] for k in kinds])[0]
     if kind == "shared":
         return ("phrase",) + rng.choice(SHARED_DURATION_PHRASES)
     pool = TRAIN_SPECS[kind]
+    if kind in DECK_KINDS:
+        return rng.deal(kind, [sp for sp, copies in pool for _ in range(copies)])
     return rng.choices([sp for sp, _ in pool], weights=[w for _, w in pool])[0]
 
 
@@ -603,10 +629,10 @@ def render_level(rng: random.Random, n: int) -> str:
     return rng.choice([str(n), f"{n}%", f"{n} percent", number_words(n), f"{number_words(n)} percent"])
 
 
-# Train/val levels: every level 0-100 the test split does not use (round
-# numbers twice as likely).  v1 train used only 11 levels.
+# Train/val levels: every level 0-100 the test split does not use, dealt from
+# a deck (multiples of ten twice per deck).  v1 train used only 11 levels.
 TRAIN_VOLUME_LEVELS = [n for n in range(0, 101) if n not in VOLUME_LEVELS["test"]]
-TRAIN_VOLUME_WEIGHTS = [2 if n % 5 == 0 else 1 for n in TRAIN_VOLUME_LEVELS]
+TRAIN_VOLUME_DECK = TRAIN_VOLUME_LEVELS + [n for n in TRAIN_VOLUME_LEVELS if n % 10 == 0]
 
 
 def render_level_train(rng: random.Random, n: int) -> str:
@@ -841,7 +867,7 @@ TRAIN_POOL_ADDITIONS = {
         "I'll call you tonight", "can you send me the address", "the door code is 4512",
         "I'm stuck in traffic", "good morning sunshine", "don't forget the cake",
         "we're out of bread", "I'll be there in 5", "how was the interview",
-        "the flight got delayed", "can you walk the dog tonight", "I'm leaving work now",
+        "the concert got moved to Saturday", "can you walk the dog tonight", "I'm leaving work now",
         "text me when you land", "keep the change", "the plumber is coming at noon",
         "happy Friday", "I'm at the pharmacy", "sorry I missed your call", "meet you at the station",
         "dinner at 7 works for me",
@@ -889,14 +915,14 @@ TRAIN_POOL_ADDITIONS = {
     ],
     "reminder": [
         "feed the rabbit", "call Mom back", "buy eggs", "renew the car insurance", "book flights",
-        "pick up Lily from practice", "send the invoice", "do the laundry", "clean the fridge",
+        "pick up Lily from practice", "send the invoice", "do the dishes", "clean the fridge",
         "mow the lawn", "pay rent", "take the chicken out of the freezer", "call the vet",
         "buy flowers for Sara", "check the mail", "update my phone", "pack my gym bag",
         "wish Dad happy birthday", "order contact lenses", "bring lunch",
     ],
     "title": [
         "Brunch with Mom", "Team retro", "Dinner with the Parkers", "Tennis lesson",
-        "Flight to Boston", "Kids' recital", "Performance review", "Baby shower",
+        "Trip to Boston", "Kids' recital", "Performance review", "Baby shower",
         "Spanish class", "Marketing sync", "Math tutoring", "Car inspection", "Staff meeting",
         "Running club", "Dentist checkup", "Game night", "Yoga with Zoe", "Lunch meeting",
         "Town hall", "Drinks with Ryan",
@@ -912,7 +938,7 @@ TRAIN_POOL_ADDITIONS = {
         "we need more coffee", "the game starts at 7", "I left my charger at your place",
         "parking is full so I'm around the corner", "I'll call you tonight",
         "the door code is 4512", "I'm stuck in traffic", "we're out of bread", "I'll be there in 5",
-        "the flight got delayed", "I'm leaving work now", "the plumber is coming at noon",
+        "the concert got moved to Saturday", "I'm leaving work now", "the plumber is coming at noon",
         "I'm at the pharmacy", "dinner at 7 works for me",
     ],
     "label_noun": ["gym", "meds", "work", "yoga", "school run", "Workout", "dentist", "vitamins",
@@ -1539,7 +1565,7 @@ def make_example(intent: str, split: str, rng: random.Random, template=None,
             slots["seconds"] = duration_seconds_train(spec)
             return render_duration_adjective_train(rng, spec)
         if name == "level" and train:
-            n = rng.choices(TRAIN_VOLUME_LEVELS, weights=TRAIN_VOLUME_WEIGHTS)[0]
+            n = rng.deal("level", TRAIN_VOLUME_DECK)
             slots["level"] = n
             return render_level_train(rng, n)
         if name == "dur":
@@ -1809,7 +1835,7 @@ def generate() -> dict[str, list[dict]]:
     test = build_split("test", test_stream(), seen)
     digest = hashlib.sha256(split_bytes(test)).hexdigest()
     assert digest == TEST_SHA256, f"test split changed (sha256 {digest}); the test path must stay frozen"
-    rng = random.Random(TRAIN_SEED)
+    rng = DeckRandom(TRAIN_SEED)
     train = build_split("train", rng, seen)
     val = build_split("val", rng, seen)
     splits = {"train": train, "val": val, "test": test}
