@@ -282,6 +282,14 @@ def _combination_problems(recipe: Recipe) -> list[tuple[str, str]]:
                 "or set this to null",
             )
         )
+    if t.early_stopping_patience is not None and t.save_steps is not None and t.save_steps % t.eval_steps:
+        out.append(
+            (
+                "train.save_steps",
+                f"must be a multiple of eval_steps ({t.eval_steps}) when early stopping keeps the best "
+                "checkpoint",
+            )
+        )
     if t.tensorboard and importlib.util.find_spec("tensorboard") is None:
         out.append(("train.tensorboard", "needs the tensorboard package: pip install tensorboard"))
     if t.method == "qlora" and importlib.util.find_spec("bitsandbytes") is None:

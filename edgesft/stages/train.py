@@ -510,6 +510,8 @@ def run(recipe: Recipe, inputs: StageInputs, out_dir: Path) -> StageResult:
     }
     atomic_write_json(out_dir / "loss_curve.json", curve)
     tokens = int(state.num_input_tokens_seen)
+    resumed_step = int(resume.name.split("-")[1]) if resume else 0
+    eval_s = sum(e.get("eval_runtime", 0.0) for e in state.log_history if e.get("step", 0) >= resumed_step)
     resumed_tokens = 0
     if resume is not None:
         resumed_tokens = int((read_json(resume / "trainer_state.json") or {}).get("num_input_tokens_seen", 0))
@@ -535,8 +537,10 @@ def run(recipe: Recipe, inputs: StageInputs, out_dir: Path) -> StageResult:
         "best_val_loss": state.best_metric,
         "train_tokens": tokens,
         "train_seconds": round(train_s, 2),
-        "train_tokens_per_s": round((tokens - resumed_tokens) / max(train_s, 1e-9), 1),
-        "resumed_from_step": int(resume.name.split("-")[1]) if resume else None,
+        "eval_seconds": round(eval_s, 2),
+        # Throughput over the optimizer steps only: the validation passes are timed separately.
+        "train_tokens_per_s": round((tokens - resumed_tokens) / max(train_s - eval_s, 1e-9), 1),
+        "resumed_from_step": resumed_step or None,
         "peak_memory_mb": round(peak_mb, 1),
     }
     if checksums:
