@@ -55,5 +55,5 @@ def test_phone_recipe_train_stage_few_steps(tmp_path: Path) -> None:
     assert summary["template"]["prompt_overhead_tokens"] <= 12
     assert summary["labels"]["test"]["unsupported"] > 0
     train = m["train"]["metrics"]
-    assert train["method"] == "qlora" and train["steps"] == 4
+    assert train["method"] == "freeze" and train["steps"] == 4
     assert train["val_loss"] < 5 and train["test"]["n"] == 4

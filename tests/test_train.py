@@ -153,3 +153,14 @@ def test_extra_special_tokens_and_packing(tmp_path: Path) -> None:
     assert m["metrics"]["steps"] == 6
     cfg = json.loads((tmp_path / "runs" / "t" / "train" / "adapter" / "adapter_config.json").read_text())
     assert cfg["trainable_token_indices"] == {"embed_tokens": [49152]}
+
+
+def test_ci_smoke_recipe_end_to_end_then_all_cache_hits(tmp_path: Path) -> None:
+    first = _cli(["run", "recipes/ci-smoke.yaml", "--root", str(tmp_path)])
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "test exact-match" in first.stdout
+    manifest = json.loads((tmp_path / "ci-smoke" / "train" / "manifest.json").read_text())
+    assert manifest["metrics"]["method"] == "qlora" and manifest["status"] == "complete"
+    second = _cli(["run", "recipes/ci-smoke.yaml", "--root", str(tmp_path)])
+    assert second.returncode == 0
+    assert second.stdout.count("cache hit") == 2 and "running" not in second.stdout
