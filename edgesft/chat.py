@@ -21,32 +21,38 @@ _CHATML = (
 )
 
 
-def build_template(original: str | None, system_prompt: str | None) -> tuple[str, bool]:
-    """Return (template, removed_default_system) for a tokenizer's original chat template.
+def build_template(original: str | None, system_prompt: str | None) -> str:
+    """The run's chat template, built from a tokenizer's original one.
 
-    ChatML templates are replaced by a clean ChatML one; other templates are kept. A recipe system prompt is
-    prepended inside the template whenever the conversation has no system turn of its own.
+    ChatML templates are replaced by a clean ChatML one (no default system turn); other templates are kept.
+    A recipe system prompt is prepended inside the template whenever the conversation has no system turn.
     """
-    if original is None:
-        base, removed = _CHATML, False
-    elif "<|im_start|>" in original:
-        base, removed = _CHATML, "system" in original and "You are" in original
-    else:
-        base, removed = original, False
+    base = _CHATML if original is None or "<|im_start|>" in original else original
     if system_prompt is None:
-        return base, removed
+        return base
     prefix = (
         "{%- if messages and messages[0]['role'] != 'system' -%}"
         f"{{%- set messages = [{{'role': 'system', 'content': {json.dumps(system_prompt)}}}] + messages -%}}"
         "{%- endif -%}"
     )
-    return prefix + base, removed
+    return prefix + base
+
+
+def injects_system_turn(tok: Any, template: str | None) -> bool:
+    """Whether ``template`` renders a system turn for a conversation that has none (a default prompt)."""
+    if not template:
+        return False
+    text = tok.apply_chat_template([{"role": "user", "content": "x"}], chat_template=template, tokenize=False)
+    return "system" in text.lower()
 
 
 def prepare_tokenizer(tok: Any, system_prompt: str | None, extra_special_tokens: list[str]) -> dict[str, Any]:
     """Set the run's chat template (and extra special tokens) on ``tok`` in place; return what changed."""
-    template, removed = build_template(tok.chat_template, system_prompt)
-    tok.chat_template = template
+    original = tok.chat_template
+    tok.chat_template = build_template(original, system_prompt)
+    removed = injects_system_turn(tok, original) and not injects_system_turn(
+        tok, build_template(original, None)
+    )
     added = 0
     if extra_special_tokens:
         added = tok.add_special_tokens({"additional_special_tokens": list(extra_special_tokens)})

@@ -148,11 +148,14 @@ def test_eos_appended_when_template_lacks_it(tok) -> None:
 def test_default_system_prompt_removed_and_recipe_prompt_baked(tok) -> None:
     stock = (
         "{% if messages[0]['role'] != 'system' %}<|im_start|>system\nYou are helpful<|im_end|>\n{% endif %}"
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     )
-    template, removed = build_template(stock + "<|im_start|>", None)
-    assert removed and "You are helpful" not in template
+    assert "You are helpful" not in build_template(stock, None)
     tok2 = tok.__class__.from_pretrained(tok.name_or_path)
-    prepare_tokenizer(tok2, "Reply in JSON.", [])
+    tok2.chat_template = stock
+    assert prepare_tokenizer(tok2, None, [])["removed_default_system_prompt"]
+    tok2.chat_template = stock
+    assert prepare_tokenizer(tok2, "Reply in JSON.", [])["removed_default_system_prompt"]
     text = render(tok2, [{"role": "user", "content": "hi"}], add_generation_prompt=True)
     assert (
         text
