@@ -21,13 +21,53 @@ def _torch():
     return torch
 
 
+def _prefix_guard(tok: Any, width: int, prefix: str) -> Any:
+    """Stopping criterion: a row is done once its answer can no longer start with ``prefix``.
+
+    For the JSON task an answer whose first non-space character is not ``{`` fails to parse whatever
+    follows, so decoding it further changes no metric; an untuned model otherwise rambles to the token
+    limit on every row (measured: 117 s of a 400-row evaluation of SmolLM2 on a 2-core CPU).
+    """
+    import torch
+    from transformers import StoppingCriteria
+
+    class PrefixGuard(StoppingCriteria):
+        def __init__(self) -> None:
+            self.settled: set[int] = set()  # rows whose answer already starts with the prefix
+            self.stopped: set[int] = set()
+
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+            for j in range(input_ids.shape[0]):
+                if j in self.settled:
+                    continue
+                text = tok.decode(input_ids[j, width:].tolist(), skip_special_tokens=True).lstrip()
+                if text.startswith(prefix):
+                    self.settled.add(j)
+                elif text and not prefix.startswith(text):
+                    self.stopped.add(j)
+                    done[j] = True
+            return done
+
+    return PrefixGuard()
+
+
 def generate_answers(
-    model: Any, tok: Any, rows: list[Row], max_new_tokens: int, batch_size: int, progress: bool = True
+    model: Any,
+    tok: Any,
+    rows: list[Row],
+    max_new_tokens: int,
+    batch_size: int,
+    progress: bool = True,
+    required_prefix: str | None = None,
 ) -> tuple[list[str], dict[str, float]]:
     """Greedy answers to each row's prompt (all turns but the last), batched with left padding.
 
-    Prompts are sorted by length so a batch pads little; answers come back in the input order.
+    Prompts are sorted by length so a batch pads little; answers come back in the input order. With
+    ``required_prefix``, a row stops as soon as its answer cannot start with it (see :func:`_prefix_guard`).
     """
+    from transformers import StoppingCriteriaList
+
     torch = _torch()
     prompts = [
         encode(tok, render(tok, prompt_and_answer(r.messages)[0], add_generation_prompt=True)) for r in rows
@@ -37,7 +77,7 @@ def generate_answers(
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     eos = tok.eos_token_id
     device = next(model.parameters()).device
-    new_tokens = 0
+    new_tokens = stopped = 0
     t0 = time.perf_counter()
     model.eval()
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
@@ -50,8 +90,10 @@ def generate_answers(
             p = prompts[i]
             ids[j, width - len(p) :] = torch.tensor(p)
             mask[j, width - len(p) :] = 1
+        guard = _prefix_guard(tok, width, required_prefix) if required_prefix else None
         with torch.inference_mode():
             out = model.generate(
+                stopping_criteria=StoppingCriteriaList([guard] if guard else []),
                 input_ids=ids.to(device),
                 attention_mask=mask.to(device),
                 max_new_tokens=max_new_tokens,
@@ -62,10 +104,13 @@ def generate_answers(
                 eos_token_id=eos,
                 pad_token_id=pad,
             )
+        stopped += len(guard.stopped) if guard else 0
         for j, i in enumerate(batch):
             gen = out[j, width:].tolist()
             if eos in gen:
                 gen = gen[: gen.index(eos)]
+            while gen and gen[-1] == pad:  # rows stopped early are padded to the batch's length
+                gen.pop()
             new_tokens += len(gen) + 1
             answers[i] = tok.decode(gen, skip_special_tokens=True)
         if bar is not None:
@@ -73,7 +118,11 @@ def generate_answers(
     if bar is not None:
         bar.close()
     elapsed = time.perf_counter() - t0
-    return answers, {"generate_s": round(elapsed, 2), "generated_tokens": new_tokens}
+    return answers, {
+        "generate_s": round(elapsed, 2),
+        "generated_tokens": new_tokens,
+        "stopped_early": stopped,
+    }
 
 
 def _bar(total: int, desc: str, enabled: bool) -> Any:
@@ -133,7 +182,15 @@ def task_metrics(
     progress: bool = True,
 ) -> tuple[dict[str, Any], list[dict[str, str]]]:
     """Task metrics and the per-row predictions on ``rows``."""
-    answers, timing = generate_answers(model, tok, rows, max_new_tokens, batch_size, progress)
+    answers, timing = generate_answers(
+        model,
+        tok,
+        rows,
+        max_new_tokens,
+        batch_size,
+        progress,
+        required_prefix="{" if task == "json" else None,
+    )
     refs = [prompt_and_answer(r.messages)[1] for r in rows]
     metrics: dict[str, Any] = dict(TASKS[task](answers, refs))
     metrics.update(timing)

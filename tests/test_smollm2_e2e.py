@@ -58,3 +58,25 @@ def test_phone_recipe_train_stage_few_steps(tmp_path: Path) -> None:
     train = m["train"]["metrics"]
     assert train["method"] == "freeze" and train["steps"] == 4
     assert train["val_loss"] < 5 and train["test"]["n"] == 4
+
+
+def test_prefix_guard_stops_rambling_rows_without_changing_metrics() -> None:
+    from transformers import AutoTokenizer
+
+    from edgesft.chat import prepare_tokenizer
+    from edgesft.data import load_rows
+    from edgesft.evaluate import generate_answers, load_model
+    from edgesft.metrics import json_task_metrics
+
+    path = resolve_model(ModelConfig()).path
+    model, tok = load_model(path), AutoTokenizer.from_pretrained(path)
+    prepare_tokenizer(tok, None, [])
+    rows = load_rows(ROOT / "recipes" / "data" / "phone_commands" / "test.jsonl")[:8]
+    refs = [r.messages[-1]["content"] for r in rows]
+    full, t_full = generate_answers(model, tok, rows, 32, 8, progress=False)
+    guarded, t_guard = generate_answers(model, tok, rows, 32, 8, progress=False, required_prefix="{")
+    assert json_task_metrics(full, refs) == json_task_metrics(guarded, refs)
+    assert all(f.startswith(g) for f, g in zip(full, guarded, strict=True))
+    stoppable = sum(1 for f in full if f.strip() and not f.lstrip().startswith("{"))
+    assert stoppable > 0 and t_guard["stopped_early"] == stoppable
+    assert t_guard["generated_tokens"] < t_full["generated_tokens"]
