@@ -12,14 +12,26 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+_HASHES: dict[tuple[str, int, int], str] = {}
+
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes."""
+    """Hex sha256 of a file's bytes.
+
+    Remembered for the process by (path, size, mtime): a run hashes the same base model for its cache key
+    and again when its stage resolves it, and large models take seconds to hash. A rewritten file has a new
+    size or mtime and is hashed again.
+    """
+    st = os.stat(path)
+    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    if key in _HASHES:
+        return _HASHES[key]
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)
-    return h.hexdigest()
+    _HASHES[key] = h.hexdigest()
+    return _HASHES[key]
 
 
 def sha256_json(obj: Any) -> str:

@@ -546,7 +546,7 @@ def run(recipe: Recipe, inputs: StageInputs, out_dir: Path) -> StageResult:
     if checksums:
         metrics["rank_param_checksums"] = checksums
     del trainer
-    metrics.update(_quality(recipe, inputs, model, tok, base, out_dir))
+    metrics.update(_quality(recipe, inputs, model, tok, base, out_dir, val_rows))
     return StageResult(
         metrics=metrics,
         info={
@@ -598,12 +598,17 @@ def _best_step(state: Any) -> int | None:
 
 
 def _quality(
-    recipe: Recipe, inputs: StageInputs, model: Any, tok: Any, base: Path, out_dir: Path
+    recipe: Recipe,
+    inputs: StageInputs,
+    model: Any,
+    tok: Any,
+    base: Path,
+    out_dir: Path,
+    val_rows: list[Row],
 ) -> dict[str, Any]:
     """Validation perplexity and test-split task metrics of the tuned model, next to the untuned base."""
     e, dcfg = recipe.eval, recipe.data
-    data_dir = inputs.stage_dir("data")
-    val_rows, test_rows = load_rows(data_dir / "val.jsonl"), load_rows(data_dir / "test.jsonl")
+    test_rows = load_rows(inputs.stage_dir("data") / "test.jsonl")
     if e.max_rows:
         test_rows = test_rows[: e.max_rows]
     out: dict[str, Any] = {}
