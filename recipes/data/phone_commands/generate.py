@@ -295,12 +295,16 @@ def pick_time(rng: random.Random, split: str, intent: str) -> tuple[int, int]:
             return h, m
 
 
-def render_time(rng: random.Random, h: int, m: int, style: str | None = None) -> str:
-    styles = time_phrases(h, m)
+def pick_phrase(rng: random.Random, styles: dict, weights: dict, style: str | None = None) -> str:
+    """One phrasing from ``styles`` (style name -> phrasings), the style drawn by ``weights`` unless given."""
     if style is None:
         names = list(styles)
-        style = rng.choices(names, weights=[TIME_STYLE_WEIGHTS[s] for s in names])[0]
+        style = rng.choices(names, weights=[weights[s] for s in names])[0]
     return rng.choice(styles[style])
+
+
+def render_time(rng: random.Random, h: int, m: int, style: str | None = None) -> str:
+    return pick_phrase(rng, time_phrases(h, m), TIME_STYLE_WEIGHTS, style)
 
 
 # --- Train/val clock times -------------------------------------------------
@@ -386,11 +390,7 @@ TIME_STYLE_WEIGHTS_TRAIN = {
 
 
 def render_time_train(rng: random.Random, h: int, m: int, style: str | None = None) -> str:
-    styles = time_phrases_train(h, m)
-    if style is None:
-        names = list(styles)
-        style = rng.choices(names, weights=[TIME_STYLE_WEIGHTS_TRAIN[s] for s in names])[0]
-    return rng.choice(styles[style])
+    return pick_phrase(rng, time_phrases_train(h, m), TIME_STYLE_WEIGHTS_TRAIN, style)
 
 
 # Timer durations.  Numeric values are split between train/val and test; a few
