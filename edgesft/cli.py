@@ -34,8 +34,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from edgesft.stages import STAGES
 
     recipe = load_recipe(args.recipe, args.overrides)
+    stages = [n for n, spec in STAGES.items() if not (spec.skip and spec.skip(recipe, {}))]
     print(
-        f"{args.recipe}: ok (name {recipe.name!r}, stages: {', '.join(STAGES)}, "
+        f"{args.recipe}: ok (name {recipe.name!r}, stages: {', '.join(stages)}, "
         f"model {recipe.model.base!r}, method {recipe.train.method!r})"
     )
     return 0
@@ -58,22 +59,28 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _print_run_summary(manifests: dict[str, dict[str, Any]]) -> None:
+    """Quality after every model stage, measured the same way: one row per stage."""
     train = manifests.get("train", {}).get("metrics", {})
-    if not train:
+    if train:
+        print(f"train: {train.get('steps')} steps, {train.get('train_tokens_per_s')} tok/s")
+    rows = [("base (untuned)", train.get("base", {}))] if train.get("base") else []
+    rows += [
+        (name, m.get("metrics", {})) for name, m in manifests.items() if name in ("train", "merge", "prune")
+    ]
+    if not rows:
         return
-    parts = [f"train: {train.get('steps')} steps, {train.get('train_tokens_per_s')} tok/s"]
-    if train.get("val_loss") is not None:
-        parts.append(f"val loss {train['val_loss']:.4f} (ppl {train['val_perplexity']:.2f})")
-    test, base = train.get("test"), train.get("base", {}).get("test")
-    if test and "exact_match" in test:
-        line = f"test exact-match {test['exact_match']:.1%}"
-        if "valid_json" in test:
-            line += f", valid JSON {test['valid_json']:.1%}"
-        if base and "exact_match" in base:
-            line += f" (base: {base['exact_match']:.1%}"
-            line += f", {base['valid_json']:.1%})" if "valid_json" in base else ")"
-        parts.append(line)
-    print("; ".join(parts))
+    print(
+        f"{'stage':16s} {'params':>12s} {'val ppl':>8s} {'exact':>7s} {'intent':>7s} {'slot F1':>7s} {'JSON':>7s}"
+    )
+    for name, m in rows:
+        test = m.get("test") or {}
+        params = m.get("params_total")
+        cells = [f"{params:>12,}" if params else f"{'-':>12s}"]
+        ppl = m.get("val_perplexity")
+        cells.append(f"{ppl:8.3f}" if ppl is not None else f"{'-':>8s}")
+        for key in ("exact_match", "intent_accuracy", "slot_f1", "valid_json"):
+            cells.append(f"{100 * test[key]:7.1f}" if key in test else f"{'-':>7s}")
+        print(f"{name:16s} " + " ".join(cells))
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

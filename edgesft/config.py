@@ -233,6 +233,136 @@ class EvalConfig(_Section):
     """Also measure the untuned base model, for comparison."""
 
 
+class QualityDrop(_Section):
+    """Largest allowed quality loss of a stage vs the tuned model (the `train` stage), in points.
+
+    Points are percentage points of the test-split figures (exact-match 54.0% -> 52.5% is a 1.5-point
+    drop; slot F1 counts x100). A stage whose drop exceeds a limit stops the run, naming the figures.
+    Changing a limit re-checks the stage's recorded figures; it does not re-run the stage."""
+
+    exact_match: float | None = Field(None, ge=0.0, le=100.0)
+    """Exact-match points."""
+    intent_accuracy: float | None = Field(None, ge=0.0, le=100.0)
+    """Intent-accuracy points (JSON task)."""
+    slot_f1: float | None = Field(None, ge=0.0, le=100.0)
+    """Slot-F1 points x100 (JSON task)."""
+    valid_json: float | None = Field(None, ge=0.0, le=100.0)
+    """Valid-JSON-rate points (JSON task)."""
+    val_perplexity: float | None = Field(None, ge=0.0)
+    """Relative rise of validation perplexity (0.1 allows +10%)."""
+
+
+class FuseAdapter(_Section):
+    """Another LoRA adapter to fuse with the trained one."""
+
+    path: str
+    """PEFT adapter folder (relative to the recipe file), trained on the same base model."""
+    weight: float = Field(1.0, ge=-10.0, le=10.0)
+    """Its weight in the combination."""
+
+
+class MergeConfig(_Section):
+    """Fold the trained adapter(s) into the base; a copy for full-weight methods."""
+
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """Precision of the merged weights."""
+    qlora_base: Literal["auto", "original", "nf4"] = "auto"
+    """QLoRA adapters were trained against the nf4-dequantized base: `nf4` merges into that round-tripped
+    base, `original` into the full-precision base, `auto` merges both ways and keeps the one with the lower
+    validation loss (both figures go into the manifest)."""
+    adapters: list[FuseAdapter] = Field(default_factory=list)
+    """Extra adapters fused with the trained one into a single model (model fusion)."""
+    train_weight: float = Field(1.0, ge=-10.0, le=10.0)
+    """Weight of the trained adapter when fusing."""
+    combination: Literal["linear", "cat", "svd", "ties", "dare_linear", "dare_ties", "magnitude_prune"] = (
+        "linear"
+    )
+    """How fused adapters combine (peft `add_weighted_adapter`): `linear` needs equal ranks; `cat`
+    concatenates (exact sum of the weighted updates); `svd` re-factorises; `ties`/`dare_*`/`magnitude_prune`
+    trim and resolve sign conflicts (use `density`)."""
+    density: float = Field(0.5, gt=0.0, le=1.0)
+    """Fraction of each update kept by ties/dare/magnitude_prune."""
+    max_quality_drop: QualityDrop = Field(default_factory=lambda: QualityDrop())
+    """Quality gate vs the tuned model."""
+
+
+class DepthPrune(_Section):
+    """Remove whole decoder blocks."""
+
+    method: Literal["none", "block_influence", "angular"] = "none"
+    """`block_influence`: drop the blocks that change their input least (1 - cosine of input and output,
+    ShortGPT); `angular`: drop the contiguous run whose input and output are closest in angle (Gromov et
+    al.); `none`: keep every block."""
+    layers: int | None = Field(None, ge=1)
+    """Blocks to remove; absent: as many as the target needs (when `width.mlp` is off)."""
+
+
+class WidthPrune(_Section):
+    """Narrow every decoder block by the same amount (exporters need one shape for all layers)."""
+
+    mlp: bool = True
+    """Shrink the MLP intermediate size, keeping each layer's most active neurons (activation norm x
+    write-out norm, Minitron-style); it takes whatever the target still needs."""
+    kv_groups: int = Field(0, ge=0)
+    """Attention KV groups (a KV head and the query heads sharing it) removed from every layer."""
+    multiple: int = Field(64, ge=1, le=4096)
+    """Round the new MLP width down to a multiple of this. llama.cpp's k-quants need row lengths divisible
+    by 256 (the MLP down projection's rows have this width); other widths fall back to other quant types."""
+
+
+class HealConfig(_Section):
+    """Short fine-tune that repairs the pruned model."""
+
+    method: Literal["distill", "sft", "none"] = "distill"
+    """`distill`: match the unpruned tuned model's next-token distribution (KL at `temperature`) mixed with
+    the SFT loss; `sft`: the SFT loss alone; `none`: no healing."""
+    params: Literal["full", "freeze", "lora"] = "full"
+    """What trains: every weight, the top `trainable_layers` blocks, or a LoRA adapter merged afterwards."""
+    trainable_layers: int = Field(8, ge=1, le=1024)
+    """Blocks that train with `params: freeze`."""
+    lora: LoraSection = Field(default_factory=lambda: LoraSection())
+    """Adapter shape with `params: lora`."""
+    temperature: float = Field(2.0, gt=0.0, le=20.0)
+    """Softening temperature of both distributions in the KL term."""
+    alpha: float = Field(0.5, ge=0.0, le=1.0)
+    """Weight of the KL term; 1 - alpha weights the SFT loss."""
+    learning_rate: float = Field(1e-4, gt=0.0, le=1.0)
+    """Peak learning rate."""
+    lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    """Schedule after warmup."""
+    warmup_ratio: float = Field(0.05, ge=0.0, le=0.5)
+    """Fraction of steps with linear warmup."""
+    batch_size: int = Field(16, ge=1, le=4096)
+    """Examples per step."""
+    max_steps: int = Field(100, ge=1)
+    """Optimizer steps."""
+    eval_steps: int = Field(25, ge=1)
+    """Validation loss every N steps (the first evaluation is the unhealed pruned model)."""
+    early_stopping_patience: int | None = Field(2, ge=1)
+    """Stop after this many evaluations without improvement; the best checkpoint is kept."""
+
+
+class PruneConfig(_Section):
+    """Structured pruning (only removed rows, columns and blocks make CPU runtimes faster), then healing."""
+
+    enabled: bool = False
+    """Run the prune stage."""
+    target_fraction: float | None = Field(None, gt=0.0, lt=1.0)
+    """Fraction of the non-embedding parameters to remove."""
+    target_params: int | None = Field(None, ge=1)
+    """Or: non-embedding parameters to keep."""
+    depth: DepthPrune = Field(default_factory=lambda: DepthPrune())
+    """Block removal."""
+    width: WidthPrune = Field(default_factory=lambda: WidthPrune())
+    """MLP and attention width."""
+    calibration_rows: int = Field(128, ge=1, le=100000)
+    """Training rows (prompt and answer) used to measure importance."""
+    heal: HealConfig = Field(default_factory=lambda: HealConfig())
+    """Healing fine-tune."""
+    max_quality_drop: QualityDrop = Field(default_factory=lambda: QualityDrop())
+    """Quality gate vs the tuned model."""
+
+
 class Recipe(_Section):
     """A whole pipeline: the stage sections together."""
 
@@ -250,6 +380,10 @@ class Recipe(_Section):
     """Fine-tuning."""
     eval: EvalConfig = Field(default_factory=lambda: EvalConfig())
     """Task metrics."""
+    merge: MergeConfig = Field(default_factory=lambda: MergeConfig())
+    """Adapter merge and fusion."""
+    prune: PruneConfig = Field(default_factory=lambda: PruneConfig())
+    """Structured pruning and healing."""
 
     # Set by the loader, not by the YAML: where relative data paths are resolved from.
     _base_dir: Path = Path(".")
@@ -315,6 +449,51 @@ def _combination_problems(recipe: Recipe) -> list[tuple[str, str]]:
             out.append(("model.tiny.kv_heads", f"{tiny.kv_heads} does not divide heads={tiny.heads}"))
     if recipe.eval.max_new_tokens >= d.max_length:
         out.append(("eval.max_new_tokens", f"must be below data.max_length ({d.max_length})"))
+    out.extend(_post_training_problems(recipe, has_val))
+    return out
+
+
+def _post_training_problems(recipe: Recipe, has_val: bool) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    t, m, p = recipe.train, recipe.merge, recipe.prune
+    if t.method == "prompt_tuning" and p.enabled:
+        out.append(
+            (
+                "prune.enabled",
+                "a prompt-tuned model cannot be pruned or exported: its soft prompt is a sequence of learned "
+                "input vectors, not a weight change, so no model file can carry it; use train.method lora, "
+                "dora or freeze to get a model that merges into plain weights",
+            )
+        )
+    if m.adapters and t.method not in ("qlora", "lora", "dora"):
+        out.append(
+            ("merge.adapters", f"fusion combines LoRA adapters; train.method {t.method!r} trains no adapter")
+        )
+    if not p.enabled:
+        return out
+    if p.target_fraction is not None and p.target_params is not None:
+        out.append(("prune.target_params", "give target_fraction or target_params, not both"))
+    has_target = p.target_fraction is not None or p.target_params is not None
+    if not (has_target or p.depth.layers or p.width.kv_groups):
+        out.append(
+            (
+                "prune.target_fraction",
+                "nothing to prune: set target_fraction, target_params, depth.layers or width.kv_groups",
+            )
+        )
+    if p.depth.layers is not None and p.depth.method == "none":
+        out.append(("prune.depth.method", "depth.layers is set: pick block_influence or angular"))
+    if has_target and not p.width.mlp and (p.depth.method == "none" or p.depth.layers is not None):
+        out.append(
+            (
+                "prune.target_fraction",
+                "no method can fill the target: enable width.mlp, or a depth.method without depth.layers",
+            )
+        )
+    if p.heal.method != "none" and p.heal.early_stopping_patience is not None and not has_val:
+        out.append(
+            ("prune.heal.early_stopping_patience", "needs a validation split (data.val or val_fraction)")
+        )
     return out
 
 
@@ -466,6 +645,13 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
             problems.append(
                 f"{_origin(f'data.{key}', str(path), lines, set_paths)}: data.{key}: "
                 f"file not found: {recipe.resolve_path(f)}"
+            )
+    for i, a in enumerate(recipe.merge.adapters):
+        folder = recipe.resolve_path(a.path)
+        if not (folder / "adapter_config.json").is_file():
+            problems.append(
+                f"{_origin(f'merge.adapters.{i}.path', str(path), lines, set_paths)}: merge.adapters.{i}.path: "
+                f"no PEFT adapter (adapter_config.json) in {folder}"
             )
     if problems:
         raise RecipeError(*problems)

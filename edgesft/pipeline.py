@@ -77,6 +77,11 @@ class StageSpec:
     external: Callable[[Recipe], dict[str, str]] | None = None
     distributed: bool = False
     description: str = ""
+    skip: Callable[[Recipe, dict[str, dict[str, Any]]], str | None] | None = None
+    """Given the recipe and the manifests so far, why this stage does not apply (None: it runs)."""
+    gate: Callable[[Recipe, dict[str, dict[str, Any]]], None] | None = None
+    """Checks the stage's recorded figures against the recipe's limits; raises QualityGateError. Runs on
+    cache hits too, so a tightened limit is enforced without re-running the stage."""
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -129,9 +134,18 @@ def library_versions() -> dict[str, str]:
     return out
 
 
+GATE_FIELDS = ("max_quality_drop",)  # limits checked on recorded figures: not part of any cache key
+
+
 def stage_config(recipe: Recipe, spec: StageSpec) -> dict[str, Any]:
     dumped = recipe.model_dump(mode="json")
-    return {s: dumped[s] for s in spec.sections}
+    out = {}
+    for s in spec.sections:
+        value = dumped[s]
+        if isinstance(value, dict):
+            value = {k: v for k, v in value.items() if k not in GATE_FIELDS}
+        out[s] = value
+    return out
 
 
 def cache_key(spec: StageSpec, config: dict[str, Any], inputs: dict[str, str]) -> str:
@@ -215,6 +229,10 @@ def run_pipeline(
     manifests: dict[str, dict[str, Any]] = {}
     for name in visit:
         spec = stages[name]
+        reason = spec.skip(recipe, manifests) if spec.skip else None
+        if reason:
+            log(f"[{name}] skipped: {reason}")
+            continue
         config = stage_config(recipe, spec)
         external = spec.external(recipe) if spec.external else {}
         inputs = {f"stage:{u}": outputs_digest(m) for u, m in manifests.items()}
@@ -226,11 +244,21 @@ def run_pipeline(
         if cached is not None:
             log(f"[{name}] cache hit: {folder} (config and inputs unchanged)")
             manifests[name] = cached
-            continue
-        reason = "forced" if name in forced else ("changed" if (folder / MANIFEST).exists() else "new")
-        log(f"[{name}] running ({reason}) -> {folder}")
-        manifests[name] = _run_stage(recipe, spec, config, inputs, key, manifests, run_dir, log)
+        else:
+            why = "forced" if name in forced else ("changed" if (folder / MANIFEST).exists() else "new")
+            log(f"[{name}] running ({why}) -> {folder}")
+            manifests[name] = _run_stage(recipe, spec, config, inputs, key, manifests, run_dir, log)
+        if spec.gate is not None and is_main():
+            spec.gate(recipe, manifests)
     return manifests
+
+
+def last_model_stage(manifests: dict[str, dict[str, Any]]) -> str:
+    """The latest stage so far whose output is a plain model folder (``info.model``)."""
+    for name in reversed(list(manifests)):
+        if manifests[name].get("info", {}).get("model"):
+            return name
+    raise EdgesftError("no earlier stage produced a model folder")
 
 
 def _run_stage(

@@ -11,7 +11,6 @@ Outputs: ``adapter/`` (PEFT) or ``model/`` (full weights), ``tokenizer/``, ``los
 
 from __future__ import annotations
 
-import json
 import os
 import resource
 import time
@@ -25,9 +24,10 @@ from edgesft.config import Recipe, TrainConfig
 from edgesft.data import Row, load_rows
 from edgesft.errors import EdgesftError
 from edgesft.evaluate import load_model, loss_and_perplexity, task_metrics
-from edgesft.io import atomic_write_json, atomic_write_text, read_json, sha256_json
+from edgesft.io import atomic_write_json, read_json, sha256_json
 from edgesft.models import cache_root
 from edgesft.pipeline import StageInputs, StageResult, is_main, world
+from edgesft.quality import measure, param_counts, test_rows
 
 FAULT_ENV = "EDGESFT_FAULT_AFTER_STEP"  # tests: crash right after the checkpoint of this step is saved
 
@@ -139,19 +139,22 @@ def build_full(base: Path, tok: Any, cfg: TrainConfig, dtype: str) -> tuple[Any,
 
 def build_freeze(base: Path, tok: Any, cfg: TrainConfig, dtype: str) -> tuple[Any, str]:
     model, _ = _load_base(base, tok)
+    freeze_below(model, cfg.trainable_layers, "train.trainable_layers")
+    return model, "model"
+
+
+def freeze_below(model: Any, trainable_layers: int, field: str) -> None:
+    """Only the top ``trainable_layers`` decoder blocks and the final norm keep gradients."""
     layers = _decoder_layers(model)
-    if cfg.trainable_layers > len(layers):
-        raise EdgesftError(
-            f"train.trainable_layers: {cfg.trainable_layers} exceeds the model's {len(layers)} decoder blocks"
-        )
+    if trainable_layers > len(layers):
+        raise EdgesftError(f"{field}: {trainable_layers} exceeds the model's {len(layers)} decoder blocks")
     for p in model.parameters():
         p.requires_grad = False
-    for layer in layers[-cfg.trainable_layers :]:
+    for layer in layers[-trainable_layers:]:
         for p in layer.parameters():
             p.requires_grad = True
     for p in _final_norm(model).parameters():
         p.requires_grad = True
-    return model, "model"
 
 
 def build_output_layer(base: Path, tok: Any, cfg: TrainConfig, dtype: str) -> tuple[Any, str]:
@@ -319,7 +322,17 @@ def _callbacks() -> list[Any]:
     return out
 
 
-def make_trainer_class() -> type:
+@dataclass
+class Distillation:
+    """Knowledge distillation from a frozen teacher: ``alpha`` x KL(teacher || student) at ``temperature``
+    (scaled by T^2 so gradients keep their size) + (1 - alpha) x the SFT loss, on answer positions."""
+
+    teacher: Any
+    temperature: float = 2.0
+    alpha: float = 0.5
+
+
+def make_trainer_class(distill: Distillation | None = None) -> type:
     """Trainer whose loss computes LM-head logits only where a label is set.
 
     On SFT data most positions are prompt tokens that carry no loss, yet the stock causal-LM forward
@@ -327,6 +340,9 @@ def make_trainer_class() -> type:
     Projecting only the answer positions measured ~1.25x faster steps on a 2-core CPU (bench/train_speed.py).
     Used for a single process with a Llama-style model (``model.model`` + ``lm_head``); under DDP the wrapped
     forward must run so that gradient-sync hooks fire, and other models keep the stock forward.
+
+    With ``distill``, training steps add the KL term against the teacher's logits at the same positions;
+    validation stays the plain SFT loss so that it compares with the train stage's.
     """
     import torch
     from transformers import Trainer
@@ -352,6 +368,8 @@ def make_trainer_class() -> type:
                 or model is not self.model  # wrapped (DDP/DataParallel): keep its forward and hooks
             )
             if stock:
+                if distill is not None:
+                    raise EdgesftError("distillation needs a single process and a Llama-style model")
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             labels = inputs["labels"][:, 1:]
             keep = labels != -100
@@ -362,10 +380,33 @@ def make_trainer_class() -> type:
                     input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]
                 ).last_hidden_state
                 logits = head(hidden[:, :-1][keep]).float()
-            nll = torch.nn.functional.cross_entropy(logits, labels[keep], reduction="sum")
+            loss = torch.nn.functional.cross_entropy(logits, labels[keep], reduction="sum")
+            if distill is not None and model.training:
+                loss = (
+                    distill.alpha * self._kl(inputs, keep, logits, dtype, device) + (1 - distill.alpha) * loss
+                )
             if num_items_in_batch is not None:
-                return nll / num_items_in_batch
-            return nll / keep.sum().clamp(min=1)
+                return loss / num_items_in_batch
+            return loss / keep.sum().clamp(min=1)
+
+        def _kl(self, inputs: dict[str, Any], keep: Any, logits: Any, dtype: Any, device: str) -> Any:
+            assert distill is not None
+            t = distill.temperature
+            teacher = distill.teacher
+            with (
+                torch.no_grad(),
+                torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None),
+            ):
+                t_hidden = teacher.model(
+                    input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]
+                ).last_hidden_state
+                t_logits = teacher.lm_head(t_hidden[:, :-1][keep]).float()
+            return (t * t) * torch.nn.functional.kl_div(
+                torch.log_softmax(logits / t, dim=-1),
+                torch.log_softmax(t_logits / t, dim=-1),
+                log_target=True,
+                reduction="sum",
+            )
 
         def prediction_step(
             self, model: Any, inputs: dict[str, Any], prediction_loss_only: bool, ignore_keys: Any = None
@@ -400,29 +441,39 @@ def last_checkpoint(folder: Path) -> Path | None:
 # The stage
 
 
-def run(recipe: Recipe, inputs: StageInputs, out_dir: Path) -> StageResult:
+@dataclass
+class Fitted:
+    """A finished training loop: the trained model and the figures of the loop."""
+
+    model: Any
+    state: Any
+    training_loss: float
+    metrics: dict[str, Any]
+    checksums: list[str]
+
+
+def fit(
+    cfg: TrainConfig,
+    model: Any,
+    tok: Any,
+    train_ds: list[dict[str, Any]],
+    val_ds: list[dict[str, Any]],
+    work_dir: Path,
+    log_dir: Path,
+    seed: int,
+    group_by_length: bool = True,
+    distill: Distillation | None = None,
+) -> Fitted:
+    """Run the Trainer over ``train_ds`` with checkpoints in ``work_dir`` (resumed after a kill), validation,
+    early stopping and the progress bar; shared by ``train`` and the healing of ``prune``."""
     import torch
-    from transformers import AutoTokenizer, EarlyStoppingCallback, TrainingArguments, set_seed
+    from transformers import EarlyStoppingCallback, TrainingArguments
 
-    cfg, dcfg = recipe.train, recipe.data
-    data_dir = inputs.stage_dir("data")
-    base = Path(inputs.info("data")["base_model"])
-    threads = set_threads(cfg.threads)
     dtype = pick_dtype(cfg.dtype)
-    set_seed(recipe.seed)
-    tok = AutoTokenizer.from_pretrained(data_dir / "tokenizer")
-    train_rows, val_rows = load_rows(data_dir / "train.jsonl"), load_rows(data_dir / "val.jsonl")
-    train_ds = encode_rows(train_rows, tok, dcfg.max_length, dcfg.train_on_prompt, dcfg.packing)
-    val_ds = encode_rows(val_rows, tok, dcfg.max_length, dcfg.train_on_prompt, False)
-
-    model, kind = METHODS[cfg.method](base, tok, cfg, dtype)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-
     has_val = bool(val_ds)
     early = has_val and cfg.early_stopping_patience is not None
     save_steps = cfg.save_steps or cfg.eval_steps
-    ckpt_dir = inputs.work_dir / "checkpoints"
+    ckpt_dir = work_dir / "checkpoints"
     args = TrainingArguments(
         output_dir=str(ckpt_dir),
         per_device_train_batch_size=cfg.batch_size,
@@ -437,7 +488,7 @@ def run(recipe: Recipe, inputs: StageInputs, out_dir: Path) -> StageResult:
         max_steps=cfg.max_steps or -1,
         eval_strategy="steps" if has_val else "no",
         eval_steps=cfg.eval_steps,
-        eval_on_start=has_val,  # the loss curve starts at the base model's validation loss
+        eval_on_start=has_val,  # the loss curve starts at the starting model's validation loss
         save_strategy="steps",
         save_steps=save_steps,
         save_total_limit=2,
@@ -452,13 +503,13 @@ def run(recipe: Recipe, inputs: StageInputs, out_dir: Path) -> StageResult:
         gradient_checkpointing=cfg.gradient_checkpointing and cfg.method != "qlora",
         gradient_checkpointing_kwargs={"use_reentrant": False},
         optim=cfg.optimizer,
-        seed=recipe.seed,
-        data_seed=recipe.seed,
+        seed=seed,
+        data_seed=seed,
         report_to=["tensorboard"] if cfg.tensorboard else [],
-        logging_dir=str(out_dir / "tensorboard"),
+        logging_dir=str(log_dir / "tensorboard"),
         disable_tqdm=True,
         remove_unused_columns=False,
-        group_by_length=not dcfg.packing,
+        group_by_length=group_by_length,
         include_num_input_tokens_seen="non_padding",
         dataloader_num_workers=0,
         ddp_find_unused_parameters=False,
@@ -470,7 +521,7 @@ def run(recipe: Recipe, inputs: StageInputs, out_dir: Path) -> StageResult:
         callbacks.append(
             EarlyStoppingCallback(cfg.early_stopping_patience, cfg.early_stopping_threshold)  # type: ignore[arg-type]
         )
-    trainer = make_trainer_class()(
+    trainer = make_trainer_class(distill)(
         model=model,
         args=args,
         train_dataset=train_ds,  # type: ignore[arg-type]
@@ -489,45 +540,16 @@ def run(recipe: Recipe, inputs: StageInputs, out_dir: Path) -> StageResult:
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     train_s = time.perf_counter() - t0
     checksums = _rank_checksums(trainer.model)
-    if not is_main():
-        return StageResult()
-    if checksums and len(set(checksums)) > 1:
-        raise EdgesftError(f"train: DDP ranks ended with different weights (checksums {checksums})")
-
-    model = trainer.model
-    if kind == "adapter":
-        model.save_pretrained(out_dir / "adapter", safe_serialization=True)
-    else:
-        model.save_pretrained(out_dir / "model", safe_serialization=True)
-    tok.save_pretrained(out_dir / "tokenizer")
-    if kind == "model":
-        tok.save_pretrained(out_dir / "model")
-
     state = trainer.state
-    curve = {
-        "train": [{"step": e["step"], "loss": e["loss"]} for e in state.log_history if "loss" in e],
-        "val": [{"step": e["step"], "loss": e["eval_loss"]} for e in state.log_history if "eval_loss" in e],
-    }
-    atomic_write_json(out_dir / "loss_curve.json", curve)
     tokens = int(state.num_input_tokens_seen)
     resumed_step = int(resume.name.split("-")[1]) if resume else 0
     eval_s = sum(e.get("eval_runtime", 0.0) for e in state.log_history if e.get("step", 0) >= resumed_step)
     resumed_tokens = 0
     if resume is not None:
         resumed_tokens = int((read_json(resume / "trainer_state.json") or {}).get("num_input_tokens_seen", 0))
-    peak_mb = (
-        torch.cuda.max_memory_allocated() / 2**20
-        if torch.cuda.is_available()
-        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    )
+    curve = loss_curve(state)
     metrics: dict[str, Any] = {
-        "method": cfg.method,
         "dtype": dtype,
-        "threads": threads,
-        "device": "cuda" if torch.cuda.is_available() else "cpu",
-        "world_size": world()[1],
-        "params_total": total,
-        "params_trainable": trainable,
         "steps": state.global_step,
         "epochs": round(float(state.epoch or 0), 3),
         "early_stopped": early and state.global_step < state.max_steps,
@@ -541,12 +563,76 @@ def run(recipe: Recipe, inputs: StageInputs, out_dir: Path) -> StageResult:
         # Throughput over the optimizer steps only: the validation passes are timed separately.
         "train_tokens_per_s": round((tokens - resumed_tokens) / max(train_s - eval_s, 1e-9), 1),
         "resumed_from_step": resumed_step or None,
-        "peak_memory_mb": round(peak_mb, 1),
     }
+    return Fitted(trainer.model, state, result.training_loss, metrics, checksums)
+
+
+def loss_curve(state: Any) -> dict[str, list[dict[str, float]]]:
+    return {
+        "train": [{"step": e["step"], "loss": e["loss"]} for e in state.log_history if "loss" in e],
+        "val": [{"step": e["step"], "loss": e["eval_loss"]} for e in state.log_history if "eval_loss" in e],
+    }
+
+
+def peak_memory_mb() -> float:
+    import torch
+
+    if torch.cuda.is_available():
+        return round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def run(recipe: Recipe, inputs: StageInputs, out_dir: Path) -> StageResult:
+    import torch
+    from transformers import AutoTokenizer, set_seed
+
+    cfg, dcfg = recipe.train, recipe.data
+    data_dir = inputs.stage_dir("data")
+    base = Path(inputs.info("data")["base_model"])
+    threads = set_threads(cfg.threads)
+    dtype = pick_dtype(cfg.dtype)
+    set_seed(recipe.seed)
+    tok = AutoTokenizer.from_pretrained(data_dir / "tokenizer")
+    train_rows, val_rows = load_rows(data_dir / "train.jsonl"), load_rows(data_dir / "val.jsonl")
+    train_ds = encode_rows(train_rows, tok, dcfg.max_length, dcfg.train_on_prompt, dcfg.packing)
+    val_ds = encode_rows(val_rows, tok, dcfg.max_length, dcfg.train_on_prompt, False)
+
+    model, kind = METHODS[cfg.method](base, tok, cfg, dtype)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    fitted = fit(cfg, model, tok, train_ds, val_ds, inputs.work_dir, out_dir, recipe.seed, not dcfg.packing)
+    if not is_main():
+        return StageResult()
+    checksums = fitted.checksums
+    if checksums and len(set(checksums)) > 1:
+        raise EdgesftError(f"train: DDP ranks ended with different weights (checksums {checksums})")
+
+    model = fitted.model
+    if kind == "adapter":
+        model.save_pretrained(out_dir / "adapter", safe_serialization=True)
+    else:
+        model.save_pretrained(out_dir / "model", safe_serialization=True)
+    tok.save_pretrained(out_dir / "tokenizer")
+    if kind == "model":
+        tok.save_pretrained(out_dir / "model")
+    atomic_write_json(out_dir / "loss_curve.json", loss_curve(fitted.state))
+    metrics: dict[str, Any] = {
+        "method": cfg.method,
+        "threads": threads,
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "world_size": world()[1],
+        "params_trainable": trainable,
+        **fitted.metrics,
+        "peak_memory_mb": peak_memory_mb(),
+    }
+    metrics["params_total"] = total
+    if kind == "model":
+        metrics.update(param_counts(model))
     if checksums:
         metrics["rank_param_checksums"] = checksums
-    del trainer
-    metrics.update(_quality(recipe, inputs, model, tok, base, out_dir, val_rows))
+    metrics.update(measure(recipe, model, tok, data_dir, out_dir, val_rows, "tuned model"))
+    if recipe.eval.evaluate_base:
+        metrics["base"] = _base_quality(recipe, inputs, tok, base, val_rows, test_rows(recipe, data_dir))
     return StageResult(
         metrics=metrics,
         info={
@@ -595,37 +681,6 @@ def _best_step(state: Any) -> int | None:
         return int(Path(ckpt).name.split("-")[1])
     except (IndexError, ValueError):
         return None
-
-
-def _quality(
-    recipe: Recipe,
-    inputs: StageInputs,
-    model: Any,
-    tok: Any,
-    base: Path,
-    out_dir: Path,
-    val_rows: list[Row],
-) -> dict[str, Any]:
-    """Validation perplexity and test-split task metrics of the tuned model, next to the untuned base."""
-    e, dcfg = recipe.eval, recipe.data
-    test_rows = load_rows(inputs.stage_dir("data") / "test.jsonl")
-    if e.max_rows:
-        test_rows = test_rows[: e.max_rows]
-    out: dict[str, Any] = {}
-    model.eval()
-    if val_rows:
-        v = loss_and_perplexity(model, tok, val_rows, dcfg.max_length)
-        out.update(val_loss=v["loss"], val_perplexity=v["perplexity"])
-    if test_rows:
-        print(f"  evaluating the tuned model on {len(test_rows)} test rows")
-        m, samples = task_metrics(model, tok, test_rows, e.task, e.max_new_tokens, e.batch_size)
-        out["test"] = m
-        atomic_write_text(
-            out_dir / "eval_samples.jsonl", "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples)
-        )
-    if e.evaluate_base and (test_rows or val_rows):
-        out["base"] = _base_quality(recipe, inputs, tok, base, val_rows, test_rows)
-    return out
 
 
 def _base_quality(

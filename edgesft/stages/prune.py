@@ -1,0 +1,203 @@
+"""Stage ``prune``: structured pruning of the merged model, then a short healing fine-tune.
+
+Only whole blocks, MLP neurons and KV groups are removed, the same amount in every layer, so the result is a
+smaller dense model with one layer shape: llama.cpp and onnxruntime run it faster, and the GGUF/ONNX
+exporters (which assume a uniform layer config) accept it. Importance is measured on calibration rows from the
+training split (:mod:`edgesft.prune`). Healing reuses the train stage's loop (:func:`edgesft.stages.train.fit`):
+distillation from the unpruned model (KL on answer-position logits) mixed with the SFT loss, or SFT alone,
+with validation, early stopping and checkpoint resume.
+
+Outputs: ``model/`` (safetensors + tokenizer), ``tokenizer/``, ``heal_loss_curve.json``,
+``eval_samples.jsonl``.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+from edgesft.chat import encode_conversation
+from edgesft.config import Recipe, TrainConfig
+from edgesft.data import Row, load_rows
+from edgesft.evaluate import loss_and_perplexity
+from edgesft.io import atomic_write_json
+from edgesft.pipeline import StageInputs, StageResult, last_model_stage
+from edgesft.quality import measure, param_counts
+
+
+def skip(recipe: Recipe, manifests: dict[str, dict[str, Any]]) -> str | None:
+    return None if recipe.prune.enabled else "prune.enabled is false"
+
+
+def calibration_batches(
+    tok: Any, rows: list[Row], max_length: int, batch_size: int = 16
+) -> list[dict[str, Any]]:
+    """Whole conversations (prompt and answer), right-padded, as the model sees them in use."""
+    import torch
+
+    encoded = [encode_conversation(tok, r.messages)[0][:max_length] for r in rows]
+    encoded.sort(key=len)  # similar lengths together: less padding
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    batches = []
+    for i in range(0, len(encoded), batch_size):
+        chunk = encoded[i : i + batch_size]
+        width = max(len(x) for x in chunk)
+        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for j, x in enumerate(chunk):
+            ids[j, : len(x)] = torch.tensor(x)
+            mask[j, : len(x)] = 1
+        batches.append({"input_ids": ids, "attention_mask": mask})
+    return batches
+
+
+def apply_plan(
+    model: Any, recipe: Recipe, batches: list[dict[str, Any]], plan: dict[str, Any]
+) -> dict[str, Any]:
+    """Prune ``model`` in place as ``plan`` says; importance is measured on the model as pruned so far."""
+    from edgesft import prune as surgery
+
+    p = recipe.prune
+    record: dict[str, Any] = {}
+    if plan["layers_removed"]:
+        removed, scores = surgery.choose_layers(p.depth.method, model, batches, plan["layers_removed"])
+        surgery.remove_layers(model, removed)
+        record.update(removed_layers=removed, layer_scores=[round(float(x), 5) for x in scores])
+    if plan["kv_groups_removed"]:
+        importance = surgery.head_group_importance(model, batches)
+        keep = model.config.num_key_value_heads - plan["kv_groups_removed"]
+        surgery.prune_kv_groups(model, keep, importance)
+        record["kv_group_importance"] = [[round(float(x), 5) for x in layer] for layer in importance]
+    if plan["intermediate_size"] < model.config.intermediate_size:
+        importance = surgery.mlp_importance(model, batches)
+        surgery.prune_mlp(model, plan["intermediate_size"], importance)
+    return record
+
+
+def heal(
+    recipe: Recipe,
+    model: Any,
+    tok: Any,
+    teacher_dir: Path,
+    train_rows: list[Row],
+    val_rows: list[Row],
+    work_dir: Path,
+    out_dir: Path,
+) -> tuple[Any, dict[str, Any]]:
+    """Fine-tune the pruned ``model`` as ``prune.heal`` says; return it (LoRA merged) and the loop figures."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from edgesft.stages.train import Distillation, encode_rows, fit, freeze_below, loss_curve
+
+    h, t, d = recipe.prune.heal, recipe.train, recipe.data
+    cfg = TrainConfig(
+        method="full",
+        learning_rate=h.learning_rate,
+        lr_scheduler=h.lr_scheduler,
+        warmup_ratio=h.warmup_ratio,
+        batch_size=h.batch_size,
+        max_steps=h.max_steps,
+        eval_steps=h.eval_steps,
+        early_stopping_patience=h.early_stopping_patience,
+        logging_steps=min(10, h.eval_steps),
+        dtype=t.dtype,
+        threads=t.threads,
+        optimizer=t.optimizer,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+    )
+    if h.params == "freeze":
+        freeze_below(model, h.trainable_layers, "prune.heal.trainable_layers")
+    elif h.params == "lora":
+        from peft import get_peft_model
+
+        from edgesft.stages.train import _lora_config
+
+        model = get_peft_model(model, _lora_config(cfg.model_copy(update={"lora": h.lora}), False, []))
+    else:
+        for p in model.parameters():
+            p.requires_grad = True
+    distill = None
+    if h.method == "distill":
+        teacher: Any = AutoModelForCausalLM.from_pretrained(
+            teacher_dir, dtype=torch.float32, use_safetensors=True
+        )
+        teacher.eval().requires_grad_(False)
+        distill = Distillation(teacher, h.temperature, h.alpha)
+    train_ds = encode_rows(train_rows, tok, d.max_length, d.train_on_prompt, d.packing)
+    val_ds = encode_rows(val_rows, tok, d.max_length, d.train_on_prompt, False)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    fitted = fit(cfg, model, tok, train_ds, val_ds, work_dir, out_dir, recipe.seed, not d.packing, distill)
+    atomic_write_json(out_dir / "heal_loss_curve.json", loss_curve(fitted.state))
+    model = fitted.model
+    if h.params == "lora":
+        model = model.merge_and_unload()
+    model.eval()
+    return model, {"method": h.method, "params": h.params, "params_trainable": trainable, **fitted.metrics}
+
+
+def run(recipe: Recipe, inputs: StageInputs, out_dir: Path) -> StageResult:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+
+    from edgesft import prune as surgery
+    from edgesft.stages.train import peak_memory_mb, set_threads
+
+    p, d = recipe.prune, recipe.data
+    source = last_model_stage(inputs.upstream)
+    src = inputs.stage_dir(source) / inputs.info(source)["model"]
+    data_dir = inputs.stage_dir("data")
+    threads = set_threads(recipe.train.threads)
+    set_seed(recipe.seed)
+    tok = AutoTokenizer.from_pretrained(src)
+    model: Any = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32, use_safetensors=True)
+    before = param_counts(model)
+    train_rows, val_rows = load_rows(data_dir / "train.jsonl"), load_rows(data_dir / "val.jsonl")
+    calib = random.Random(recipe.seed).sample(train_rows, min(p.calibration_rows, len(train_rows)))
+    batches = calibration_batches(tok, calib, d.max_length)
+
+    plan = surgery.plan_pruning(
+        model.config,
+        target_fraction=p.target_fraction,
+        target_params=p.target_params,
+        depth_layers=p.depth.layers,
+        depth=p.depth.method != "none",
+        mlp=p.width.mlp,
+        kv_groups=p.width.kv_groups,
+        multiple=p.width.multiple,
+    )
+    t0 = time.perf_counter()
+    record = apply_plan(model, recipe, batches, plan)
+    prune_s = time.perf_counter() - t0
+    after = param_counts(model)
+    print(
+        f"  pruned {before['params_non_embedding']:,} -> {after['params_non_embedding']:,} non-embedding "
+        f"parameters ({plan['removed_fraction']:.1%} removed) in {prune_s:.1f}s"
+    )
+    metrics: dict[str, Any] = {
+        "plan": plan,
+        **record,
+        "params_before": before,
+        **after,
+        "removed_fraction": round(1 - after["params_non_embedding"] / before["params_non_embedding"], 4),
+        "prune_seconds": round(prune_s, 2),
+        "threads": threads,
+    }
+    if val_rows:
+        unhealed = loss_and_perplexity(model, tok, val_rows, d.max_length)
+        metrics.update(unhealed_val_loss=unhealed["loss"], unhealed_val_perplexity=unhealed["perplexity"])
+        print(f"  unhealed validation loss {unhealed['loss']:.4f}")
+    if p.heal.method != "none":
+        model, metrics["heal"] = heal(recipe, model, tok, src, train_rows, val_rows, inputs.work_dir, out_dir)
+    model.save_pretrained(out_dir / "model", safe_serialization=True)
+    tok.save_pretrained(out_dir / "model")
+    tok.save_pretrained(out_dir / "tokenizer")
+    metrics.update(measure(recipe, model, tok, data_dir, out_dir, val_rows, "pruned model"))
+    metrics["peak_memory_mb"] = peak_memory_mb()
+    return StageResult(
+        metrics=metrics,
+        info={"model": "model", "tokenizer": "tokenizer", "dtype": "float32", "source_stage": source},
+    )
