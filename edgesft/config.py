@@ -490,6 +490,13 @@ def _post_training_problems(recipe: Recipe, has_val: bool) -> list[tuple[str, st
                 "no method can fill the target: enable width.mlp, or a depth.method without depth.layers",
             )
         )
+    if has_target and p.width.mlp and p.depth.method != "none" and p.depth.layers is None:
+        out.append(
+            (
+                "prune.depth.layers",
+                "with width.mlp on, the MLP width fills the target: give the number of blocks to remove",
+            )
+        )
     if p.heal.method != "none" and p.heal.early_stopping_patience is not None and not has_val:
         out.append(
             ("prune.heal.early_stopping_patience", "needs a validation split (data.val or val_fraction)")

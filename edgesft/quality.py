@@ -22,20 +22,14 @@ POINT_METRICS = ("exact_match", "intent_accuracy", "slot_f1", "valid_json")
 
 def param_counts(model: Any) -> dict[str, int]:
     """Unique parameters (a tied LM head counted once), split into embeddings and the rest."""
-    seen: set[int] = set()
-    total = embedding = 0
-    emb_ids = {id(p) for p in model.get_input_embeddings().parameters()}
-    head = model.get_output_embeddings()
-    if head is not None:
-        emb_ids |= {id(p) for p in head.parameters()}
-    for p in model.parameters():
-        if id(p) in seen:
-            continue
-        seen.add(id(p))
-        total += p.numel()
-        if id(p) in emb_ids:
-            embedding += p.numel()
-    return {"params_total": total, "params_embedding": embedding, "params_non_embedding": total - embedding}
+    from edgesft.prune import param_counts as counts
+
+    c = counts(model)
+    return {
+        "params_total": c["total"],
+        "params_embedding": c["embedding"],
+        "params_non_embedding": c["non_embedding"],
+    }
 
 
 def test_rows(recipe: Recipe, data_dir: Path) -> list[Row]:

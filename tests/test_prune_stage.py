@@ -1,0 +1,105 @@
+"""Prune stage in a run: plan applied, model reloads with stock transformers, healing, quality gates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import write_recipe
+
+from edgesft.config import load_recipe
+from edgesft.errors import QualityGateError, RecipeError
+from edgesft.pipeline import run_pipeline
+from edgesft.stages import STAGES
+
+PRUNE = {
+    "enabled": True,
+    "target_fraction": 0.4,
+    "depth": {"method": "block_influence", "layers": 1},
+    "width": {"mlp": True, "multiple": 16},
+    "calibration_rows": 32,
+    "heal": {"method": "distill", "learning_rate": 3e-3, "max_steps": 8, "eval_steps": 4, "batch_size": 8},
+}
+
+
+def _recipe(folder: Path, **prune: Any) -> Path:
+    return write_recipe(
+        folder,
+        model={"base": "tiny-llama", "tiny": {"layers": 4, "intermediate": 128}},
+        prune={**PRUNE, **prune},
+    )
+
+
+def _run(path: Path, *overrides: str) -> dict[str, dict[str, Any]]:
+    return run_pipeline(load_recipe(path, list(overrides)), STAGES, log=lambda _m: None)
+
+
+def test_prune_and_distillation_heal(tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    manifests = _run(_recipe(tmp_path))
+    m = manifests["prune"]["metrics"]
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "runs" / "t" / "prune" / "model")
+    assert model.config.num_hidden_layers == 3
+    assert model.config.intermediate_size == m["plan"]["intermediate_size"] < 128
+    assert model.config.intermediate_size % 16 == 0
+    assert len(m["removed_layers"]) == 1 and len(m["layer_scores"]) == 4
+    assert m["removed_fraction"] >= 0.4
+    assert m["params_non_embedding"] == m["plan"]["non_embedding_after"]
+    assert m["params_non_embedding"] < manifests["merge"]["metrics"]["params_non_embedding"]
+    for key in ("val_loss", "val_perplexity", "test", "params_total"):
+        assert key in m
+    # Healing lowers the validation loss of the freshly pruned model.
+    assert m["heal"]["method"] == "distill" and m["heal"]["steps"] > 0
+    assert m["val_loss"] < m["unhealed_val_loss"]
+
+
+def test_kv_groups_and_lora_sft_heal(tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    path = _recipe(
+        tmp_path,
+        target_fraction=None,
+        depth={"method": "none"},
+        width={"mlp": False, "kv_groups": 1},
+        heal={"method": "sft", "params": "lora", "max_steps": 4, "eval_steps": 2, "learning_rate": 3e-3},
+    )
+    manifests = _run(path)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "runs" / "t" / "prune" / "model")
+    assert model.config.num_key_value_heads == 1 and model.config.num_attention_heads == 2
+    assert not any("lora" in n for n, _ in model.named_parameters())  # the heal adapter was merged
+    assert manifests["prune"]["metrics"]["heal"]["params"] == "lora"
+
+
+def test_quality_gate_stops_the_run_and_rechecks_without_rerunning(tmp_path: Path) -> None:
+    path = _recipe(tmp_path, heal={"method": "none"})
+    first = _run(path)
+    train, prune = first["train"]["metrics"], first["prune"]["metrics"]
+    rise = prune["val_perplexity"] / train["val_perplexity"] - 1
+    assert rise > 0.01  # pruning 40% without healing costs perplexity
+    with pytest.raises(QualityGateError, match=r"stage prune: .*val_perplexity .* allowed \+"):
+        _run(path, f"prune.max_quality_drop.val_perplexity={rise / 2}")
+    again = _run(path, f"prune.max_quality_drop.val_perplexity={rise * 2}")
+    assert (
+        again["prune"]["finished"] == first["prune"]["finished"]
+    )  # a cache hit: the limit is not in the key
+
+
+def test_prune_recipe_checks() -> None:
+    from edgesft.config import Recipe, _combination_problems
+
+    def problems(prune: dict[str, Any]) -> list[str]:
+        recipe = Recipe.model_validate({"data": {"train": ["x.jsonl"]}, "prune": {"enabled": True, **prune}})
+        return [p for p, _ in _combination_problems(recipe)]
+
+    assert "prune.target_fraction" in problems({})
+    assert "prune.target_params" in problems({"target_fraction": 0.2, "target_params": 1000})
+    assert "prune.depth.layers" in problems({"target_fraction": 0.2, "depth": {"method": "angular"}})
+    assert problems({"target_fraction": 0.2, "depth": {"method": "angular"}, "width": {"mlp": False}}) == []
+    assert problems({"target_fraction": 0.2}) == []
+
+
+def test_gate_fields_are_validated(tmp_path: Path) -> None:
+    with pytest.raises(RecipeError, match="prune.max_quality_drop.exact_match"):
+        load_recipe(_recipe(tmp_path), ["prune.max_quality_drop.exact_match=-1"])
