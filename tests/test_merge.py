@@ -33,7 +33,7 @@ def _tiny_base(folder: Path) -> Path:
     return folder
 
 
-def _random_adapter(base: Path, folder: Path, seed: int, r: int = 4) -> Path:
+def _random_adapter(base: Path, folder: Path, seed: int, r: int = 4, dora: bool = False) -> Path:
     """A LoRA adapter with non-zero B (peft initialises B to zero, which would make any merge trivially right)."""
     import torch
     from peft import LoraConfig, get_peft_model
@@ -41,7 +41,9 @@ def _random_adapter(base: Path, folder: Path, seed: int, r: int = 4) -> Path:
 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(base)
-    cfg = LoraConfig(r=r, lora_alpha=2 * r, target_modules="all-linear", init_lora_weights=False)
+    cfg = LoraConfig(
+        r=r, lora_alpha=2 * r, target_modules="all-linear", init_lora_weights=False, use_dora=dora
+    )
     get_peft_model(model, cfg).save_pretrained(folder, safe_serialization=True)
     return folder
 
@@ -54,13 +56,14 @@ def _logits(model: Any) -> Any:
         return model(input_ids=ids).logits
 
 
-def test_merge_equals_the_peft_model(tmp_path: Path) -> None:
+@pytest.mark.parametrize("dora", [False, True], ids=["lora", "dora"])
+def test_merge_equals_the_peft_model(tmp_path: Path, dora: bool) -> None:
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     base = _tiny_base(tmp_path / "base")
-    adapter = _random_adapter(base, tmp_path / "a", seed=1)
+    adapter = _random_adapter(base, tmp_path / "a", seed=1, dora=dora)
     peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), adapter).eval()
     merged = merged_model(base, [(adapter, 1.0)], 128, None)
     assert not hasattr(merged, "peft_config")

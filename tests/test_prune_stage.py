@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import write_recipe
+from conftest import SMOKE_DATA, write_recipe
 
 from edgesft.config import load_recipe
 from edgesft.errors import QualityGateError, RecipeError
@@ -53,6 +53,11 @@ def test_prune_and_distillation_heal(tmp_path: Path) -> None:
     # Healing lowers the validation loss of the freshly pruned model.
     assert m["heal"]["method"] == "distill" and m["heal"]["steps"] > 0
     assert m["val_loss"] < m["unhealed_val_loss"]
+    # `edgesft eval` reads the stage folder like any other.
+    from edgesft.evaluate import evaluate_target
+
+    result = evaluate_target(str(tmp_path / "runs" / "t" / "prune"), SMOKE_DATA / "test.jsonl", max_rows=3)
+    assert result["kind"] == "stage:prune" and result["metrics"]["n"] == 3
 
 
 def test_kv_groups_and_lora_sft_heal(tmp_path: Path) -> None:
