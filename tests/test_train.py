@@ -158,9 +158,19 @@ def test_extra_special_tokens_and_packing(tmp_path: Path) -> None:
 def test_ci_smoke_recipe_end_to_end_then_all_cache_hits(tmp_path: Path) -> None:
     first = _cli(["run", "recipes/ci-smoke.yaml", "--root", str(tmp_path)])
     assert first.returncode == 0, first.stderr[-2000:]
-    assert "test exact-match" in first.stdout
+    table = first.stdout[first.stdout.index("stage  ") :].splitlines()
+    assert "exact" in table[0] and [row.split()[0] for row in table[1:]] == [
+        "base",
+        "train",
+        "merge",
+        "prune",
+    ]
     manifest = json.loads((tmp_path / "ci-smoke" / "train" / "manifest.json").read_text())
     assert manifest["metrics"]["method"] == "qlora" and manifest["status"] == "complete"
+    merge = json.loads((tmp_path / "ci-smoke" / "merge" / "manifest.json").read_text())
+    assert set(merge["metrics"]["qlora_val_loss"]) == {"original", "nf4"}
+    prune = json.loads((tmp_path / "ci-smoke" / "prune" / "manifest.json").read_text())
+    assert prune["metrics"]["removed_fraction"] >= 0.3 and prune["metrics"]["heal"]["steps"] > 0
     second = _cli(["run", "recipes/ci-smoke.yaml", "--root", str(tmp_path)])
     assert second.returncode == 0
-    assert second.stdout.count("cache hit") == 2 and "running" not in second.stdout
+    assert second.stdout.count("cache hit") == 4 and "running" not in second.stdout

@@ -165,7 +165,6 @@ def run(recipe: Recipe, inputs: StageInputs, out_dir: Path) -> StageResult:
             metrics["as_trained_val_loss"] = train_metrics.get("val_loss")
     if m.dtype == "bfloat16":
         model = model.to(torch.bfloat16)
-    model.config.torch_dtype = m.dtype
     model.save_pretrained(out_dir / "model", safe_serialization=True)
     tok.save_pretrained(out_dir / "model")
     tok.save_pretrained(out_dir / "tokenizer")

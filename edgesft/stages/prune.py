@@ -90,7 +90,7 @@ def heal(
     import torch
     from transformers import AutoModelForCausalLM
 
-    from edgesft.stages.train import Distillation, encode_rows, fit, freeze_below, loss_curve
+    from edgesft.stages.train import Distillation, encode_rows, fit, freeze_below, lora_config, loss_curve
 
     h, t, d = recipe.prune.heal, recipe.train, recipe.data
     cfg = TrainConfig(
@@ -114,9 +114,7 @@ def heal(
     elif h.params == "lora":
         from peft import get_peft_model
 
-        from edgesft.stages.train import _lora_config
-
-        model = get_peft_model(model, _lora_config(cfg.model_copy(update={"lora": h.lora}), False, []))
+        model = get_peft_model(model, lora_config(cfg.model_copy(update={"lora": h.lora}), False, []))
     else:
         for p in model.parameters():
             p.requires_grad = True

@@ -63,7 +63,7 @@ def set_threads(threads: int | None) -> int:
 # Training methods: name -> builder(base_path, tokenizer, cfg, dtype) -> (model, artifact kind)
 
 
-def _lora_config(cfg: TrainConfig, use_dora: bool, new_token_ids: list[int]) -> Any:
+def lora_config(cfg: TrainConfig, use_dora: bool, new_token_ids: list[int]) -> Any:
     from peft import LoraConfig, TaskType
 
     extra: dict[str, Any] = {}
@@ -119,7 +119,7 @@ def build_qlora(base: Path, tok: Any, cfg: TrainConfig, dtype: str) -> tuple[Any
     )
     model, new_ids = _load_base(base, tok, quant)
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
-    return get_peft_model(model, _lora_config(cfg, False, new_ids)), "adapter"
+    return get_peft_model(model, lora_config(cfg, False, new_ids)), "adapter"
 
 
 def _build_lora(use_dora: bool) -> Callable[[Path, Any, TrainConfig, str], tuple[Any, str]]:
@@ -127,7 +127,7 @@ def _build_lora(use_dora: bool) -> Callable[[Path, Any, TrainConfig, str], tuple
         from peft import get_peft_model
 
         model, new_ids = _load_base(base, tok)
-        return get_peft_model(model, _lora_config(cfg, use_dora, new_ids)), "adapter"
+        return get_peft_model(model, lora_config(cfg, use_dora, new_ids)), "adapter"
 
     return build
 
