@@ -108,3 +108,15 @@ def test_prune_recipe_checks() -> None:
 def test_gate_fields_are_validated(tmp_path: Path) -> None:
     with pytest.raises(RecipeError, match="prune.max_quality_drop.exact_match"):
         load_recipe(_recipe(tmp_path), ["prune.max_quality_drop.exact_match=-1"])
+
+
+def test_a_limit_on_an_unmeasured_figure_fails() -> None:
+    from edgesft.config import QualityDrop
+    from edgesft.quality import quality_drops
+
+    ref = {"test": {"exact_match": 0.5}, "val_perplexity": 1.2}
+    assert quality_drops(QualityDrop(exact_match=1.0), ref, {"test": {"exact_match": 0.495}}) == []
+    (line,) = quality_drops(QualityDrop(exact_match=1.0), ref, {"test": {"exact_match": 0.48}})
+    assert "exact_match 48.0 vs tuned 50.0: drop 2.0 points > allowed 1" in line
+    (line,) = quality_drops(QualityDrop(slot_f1=1.0), ref, {"test": {"exact_match": 0.5}})
+    assert "not measured" in line
