@@ -349,6 +349,31 @@ def remove_layers(model: Any, indices: list[int]) -> None:
 # Width: importance of MLP neurons and KV groups
 
 
+def _linear_input_sums(
+    model: Any, batches: list[Batch], linear: Callable[[Any], Any], stat: Callable[[Any, Any], Any]
+) -> tuple[list[Any], int]:
+    """Per block, the sum over real tokens of ``stat(input, module)`` at the Linear ``linear(block)`` picks,
+    and the number of real tokens: the calibration pass both width importances share."""
+    layers = _layers(model)
+    current: dict[str, Any] = {}
+    sums: list[Any] = [None] * len(layers)
+    tokens = 0
+
+    def hook_for(i: int) -> Callable[..., None]:
+        def hook(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            s = stat(_first_input(args, kwargs, "input")[current["valid"]], module)
+            sums[i] = s if sums[i] is None else sums[i] + s
+
+        return hook
+
+    with _hooks() as handles, _calibration_mode(model):
+        for i, layer in enumerate(layers):
+            handles.append(linear(layer).register_forward_pre_hook(hook_for(i), with_kwargs=True))
+        for n in _run_batches(model, batches, current):
+            tokens += n
+    return sums, tokens
+
+
 def mlp_importance(model: Any, batches: list[Batch]) -> list[Any]:
     """Per block, per MLP neuron j: RMS over real tokens of its activation, times ``||down_proj[:, j]||``.
 
@@ -356,27 +381,14 @@ def mlp_importance(model: Any, batches: list[Batch]) -> list[Any]:
     importance, weighted by how much the neuron can write into the residual stream so that a large
     activation read out by near-zero weights still counts as unimportant. Float32 tensors on the CPU.
     """
-    layers = _layers(model)
-    current: dict[str, Any] = {}
-    sumsq: list[Any] = [None] * len(layers)
-    tokens = 0
 
-    def hook_for(i: int) -> Callable[..., None]:
-        def hook(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            a = _first_input(args, kwargs, "input")[current["valid"]].double()
-            s = (a * a).sum(dim=0)
-            sumsq[i] = s if sumsq[i] is None else sumsq[i] + s
+    def sum_of_squares(a: Any, module: Any) -> Any:
+        a = a.double()
+        return (a * a).sum(dim=0)
 
-        return hook
-
-    with _hooks() as handles, _calibration_mode(model):
-        for i, layer in enumerate(layers):
-            handles.append(layer.mlp.down_proj.register_forward_pre_hook(hook_for(i), with_kwargs=True))
-        for n in _run_batches(model, batches, current):
-            tokens += n
-
+    sumsq, tokens = _linear_input_sums(model, batches, lambda layer: layer.mlp.down_proj, sum_of_squares)
     out = []
-    for layer, s in zip(layers, sumsq, strict=True):
+    for layer, s in zip(_layers(model), sumsq, strict=True):
         write_norm = layer.mlp.down_proj.weight.detach().double().norm(dim=0)
         out.append(((s / tokens).sqrt() * write_norm).float().cpu())
     return out
@@ -393,31 +405,15 @@ def head_group_importance(model: Any, batches: list[Batch]) -> list[Any]:
     """
     import torch
 
-    layers = _layers(model)
     heads, kv_heads, d = _attention_shape(model)
-    current: dict[str, Any] = {}
-    sums: list[Any] = [None] * len(layers)
-    tokens = 0
 
-    def hook_for(i: int) -> Callable[..., None]:
-        def hook(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            x = _first_input(args, kwargs, "input")[current["valid"]]
-            w = module.weight
-            # One head at a time: a [tokens, heads, hidden] product would not fit for long calibration sets.
-            norms = [
-                (x[:, h * d : (h + 1) * d] @ w[:, h * d : (h + 1) * d].T).norm(dim=-1) for h in range(heads)
-            ]
-            s = torch.stack([n.double().sum() for n in norms])
-            sums[i] = s if sums[i] is None else sums[i] + s
+    def head_output_norms(x: Any, module: Any) -> Any:
+        w = module.weight
+        # One head at a time: a [tokens, heads, hidden] product would not fit for long calibration sets.
+        norms = [(x[:, h * d : (h + 1) * d] @ w[:, h * d : (h + 1) * d].T).norm(dim=-1) for h in range(heads)]
+        return torch.stack([n.double().sum() for n in norms])
 
-        return hook
-
-    with _hooks() as handles, _calibration_mode(model):
-        for i, layer in enumerate(layers):
-            handles.append(layer.self_attn.o_proj.register_forward_pre_hook(hook_for(i), with_kwargs=True))
-        for n in _run_batches(model, batches, current):
-            tokens += n
-
+    sums, tokens = _linear_input_sums(model, batches, lambda layer: layer.self_attn.o_proj, head_output_norms)
     return [(s / tokens).view(kv_heads, heads // kv_heads).sum(dim=1).float().cpu() for s in sums]
 
 

@@ -25,7 +25,7 @@ from edgesft.config import Recipe
 from edgesft.data import load_rows
 from edgesft.errors import EdgesftError
 from edgesft.evaluate import loss_and_perplexity
-from edgesft.io import sha256_file
+from edgesft.io import read_json, sha256_file
 from edgesft.pipeline import StageInputs, StageResult
 from edgesft.quality import measure, param_counts
 
@@ -174,8 +174,6 @@ def run(recipe: Recipe, inputs: StageInputs, out_dir: Path) -> StageResult:
 
 
 def _is_float32(folder: Path) -> bool:
-    from edgesft.io import read_json
-
     cfg = read_json(folder / "config.json")
     dtype = (cfg or {}).get("torch_dtype") or (cfg or {}).get("dtype")
     return dtype in (None, "float32")

@@ -35,21 +35,16 @@ def calibration_batches(
     tok: Any, rows: list[Row], max_length: int, batch_size: int = 16
 ) -> list[dict[str, Any]]:
     """Whole conversations (prompt and answer), right-padded, as the model sees them in use."""
-    import torch
+    from edgesft.stages.train import Collator
 
     encoded = [encode_conversation(tok, r.messages)[0][:max_length] for r in rows]
     encoded.sort(key=len)  # similar lengths together: less padding
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    collate = Collator(pad)
     batches = []
     for i in range(0, len(encoded), batch_size):
-        chunk = encoded[i : i + batch_size]
-        width = max(len(x) for x in chunk)
-        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for j, x in enumerate(chunk):
-            ids[j, : len(x)] = torch.tensor(x)
-            mask[j, : len(x)] = 1
-        batches.append({"input_ids": ids, "attention_mask": mask})
+        batch = collate([{"input_ids": x, "labels": x} for x in encoded[i : i + batch_size]])
+        batches.append({"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]})
     return batches
 
 
