@@ -363,6 +363,131 @@ class PruneConfig(_Section):
     """Quality gate vs the tuned model."""
 
 
+GgufQuant = Literal[
+    "Q8_0",
+    "Q6_K",
+    "Q5_K_M",
+    "Q5_K_S",
+    "Q5_1",
+    "Q5_0",
+    "Q4_K_M",
+    "Q4_K_S",
+    "Q4_1",
+    "Q4_0",
+    "IQ4_NL",
+    "IQ4_XS",
+    "Q3_K_L",
+    "Q3_K_M",
+    "Q3_K_S",
+    "Q2_K",
+]
+
+
+class GgufConfig(_Section):
+    """GGUF files for llama.cpp: a float file written by edgesft, then llama.cpp's own quantizer."""
+
+    enabled: bool = True
+    """Run the gguf stage."""
+    float_type: Literal["f32", "f16", "bf16"] = "f16"
+    """Type of the 2-D weights in the float GGUF the quantizer starts from (norms and biases stay f32)."""
+    keep_float: bool = False
+    """Ship the float GGUF in the export bundle too."""
+    quants: list[GgufQuant] = Field(default_factory=lambda: ["Q4_K_M"])
+    """llama.cpp quantization types to produce (k-quants want row lengths divisible by 256)."""
+    imatrix: bool = True
+    """Compute an importance matrix from calibration rows (PyTorch activations) and quantize with it."""
+    imatrix_rows: int = Field(64, ge=1, le=100000)
+    """Training rows (prompt and answer) the importance matrix is measured on."""
+    threads: int | None = Field(None, ge=1, le=1024)
+    """Quantizer threads (default: all cores)."""
+
+
+class OnnxVariant(_Section):
+    """One ONNX model folder (with KV cache) in the export."""
+
+    name: str = Field("int4", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    """Folder name of this variant."""
+    exporter: Literal["optimum", "genai_builder"] = "optimum"
+    """optimum's ONNX exporter then onnxruntime's quantizers, or onnxruntime-genai's model builder."""
+    precision: Literal["fp32", "fp16", "int8", "int4"] = "int4"
+    """Weights: float, int8 dynamic quantization, or int4 weight-only (MatMulNBits)."""
+    block_size: Literal[16, 32, 64, 128, 256] = 32
+    """int4: weights per quantization block."""
+    symmetric: bool = True
+    """int4: symmetric blocks (no zero point)."""
+    accuracy_level: Literal[0, 1, 2, 3, 4] = 4
+    """int4: MatMulNBits compute type (0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8 activations)."""
+    algorithm: Literal["rtn", "hqq", "gptq"] = "rtn"
+    """int4 (optimum exporter): round-to-nearest, HQQ, or GPTQ on calibration rows."""
+
+
+class OnnxConfig(_Section):
+    """ONNX models for onnxruntime and onnxruntime-genai."""
+
+    enabled: bool = True
+    """Run the onnx stage."""
+    opset: int | None = Field(None, ge=14, le=30)
+    """ONNX opset (default: the exporter's)."""
+    context_length: int | None = Field(None, ge=16)
+    """Maximum sequence length written to genai_config.json (default: the model's, capped at 4096)."""
+    calibration_rows: int = Field(32, ge=1, le=100000)
+    """Training rows for GPTQ calibration."""
+    variants: list[OnnxVariant] = Field(default_factory=lambda: [OnnxVariant()])
+    """Folders to produce."""
+
+
+class ParityLimits(_Section):
+    """Teacher-forced agreement an artifact must reach against the PyTorch model it came from."""
+
+    min_top1: float = Field(0.9, ge=0.0, le=1.0)
+    """Least fraction of positions whose top-1 token equals the PyTorch model's."""
+    max_kl: float = Field(0.1, ge=0.0)
+    """Largest mean KL divergence (PyTorch || artifact) per position, in nats."""
+
+
+class VerifyConfig(_Section):
+    """Parity checks of every artifact against the model it came from, each in its own subprocess."""
+
+    enabled: bool = True
+    """Run the verify stage."""
+    prompts: int = Field(16, ge=1, le=10000)
+    """Validation rows used (prompt and answer, teacher-forced)."""
+    max_tokens: int = Field(256, ge=8, le=8192)
+    """Longest token sequence scored."""
+    generate_tokens: int = Field(32, ge=1, le=1024)
+    """Greedy tokens compared for float artifacts."""
+    generate_prompts: int = Field(4, ge=1, le=1000)
+    """Prompts whose greedy continuation is compared."""
+    tie_margin: float = Field(0.05, ge=0.0)
+    """A greedy mismatch is tolerated where the PyTorch model's top-2 logits are closer than this."""
+    limits_float: ParityLimits = Field(default_factory=lambda: ParityLimits(min_top1=0.99, max_kl=0.001))
+    """F32/F16/BF16 GGUF and fp32/fp16 ONNX."""
+    limits_8bit: ParityLimits = Field(default_factory=lambda: ParityLimits(min_top1=0.95, max_kl=0.02))
+    """Q8_0 GGUF and int8 ONNX."""
+    limits_6bit: ParityLimits = Field(default_factory=lambda: ParityLimits(min_top1=0.9, max_kl=0.06))
+    """Q6_K and Q5_* GGUF."""
+    limits_4bit: ParityLimits = Field(default_factory=lambda: ParityLimits(min_top1=0.8, max_kl=0.2))
+    """Q4_*, IQ4_*, Q3_K_*, Q2_K GGUF and int4 ONNX."""
+    allow_failures: bool = False
+    """Keep going (and ship the artifact marked failed) when a check fails."""
+    timeout_s: int = Field(900, ge=10)
+    """Time limit for one artifact's runtime subprocess."""
+
+
+class ExportConfig(_Section):
+    """Files a laptop or phone runs, verified, and the deployment bundle."""
+
+    gguf: GgufConfig = Field(default_factory=lambda: GgufConfig())
+    """llama.cpp."""
+    onnx: OnnxConfig = Field(default_factory=lambda: OnnxConfig())
+    """onnxruntime / onnxruntime-genai."""
+    verify: VerifyConfig = Field(default_factory=lambda: VerifyConfig())
+    """Parity verification."""
+    primary: str | None = None
+    """Artifact the bundle's Modelfile and README lead with (`Q4_K_M`, an ONNX variant name; default: the
+    first GGUF quant)."""
+
+
 class Recipe(_Section):
     """A whole pipeline: the stage sections together."""
 
@@ -384,6 +509,8 @@ class Recipe(_Section):
     """Adapter merge and fusion."""
     prune: PruneConfig = Field(default_factory=lambda: PruneConfig())
     """Structured pruning and healing."""
+    export: ExportConfig = Field(default_factory=lambda: ExportConfig())
+    """GGUF and ONNX artifacts, their verification, and the deployment bundle."""
 
     # Set by the loader, not by the YAML: where relative data paths are resolved from.
     _base_dir: Path = Path(".")

@@ -1,0 +1,68 @@
+"""Artifact runtimes: one small class per runtime with the same methods, used by verification, chat and bench.
+
+Every runtime is native code that can crash on a given CPU (see the llama.cpp note in the README), so
+callers run these classes inside a subprocess (:mod:`edgesft.runtimes.worker`) and never import them in the
+pipeline's own process.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+
+class Artifact(Protocol):
+    """What every runtime offers. Token ids are plain ``list[int]``; logits are float32 numpy arrays."""
+
+    kind: str  # "gguf" | "onnx" | "torch"
+
+    def tokenize(self, text: str) -> list[int]:
+        """Ids as the runtime itself tokenizes ``text`` for a prompt (special tokens parsed, BOS as the
+        artifact's metadata says)."""
+
+    def detokenize(self, ids: list[int]) -> str: ...
+
+    def logits(self, ids: list[int]) -> Any:
+        """Teacher-forced logits, shape (len(ids), vocab), from an empty KV cache."""
+
+    def generate(self, ids: list[int], max_new_tokens: int) -> list[int]:
+        """Greedy continuation of ``ids``; stops after the artifact's end-of-generation token (included)."""
+
+    def eos_ids(self) -> list[int]:
+        """Token ids that end generation in this runtime."""
+
+    def render_chat(self, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
+        """The prompt the artifact's own chat template gives."""
+
+    def close(self) -> None: ...
+
+
+def artifact_kind(path: Path) -> str:
+    """``gguf`` for a .gguf file, ``onnx`` for a folder with genai_config.json or *.onnx, ``torch`` for a
+    Hugging Face model folder."""
+    from edgesft.errors import EdgesftError
+
+    if path.is_file() and path.suffix == ".gguf":
+        return "gguf"
+    if path.is_dir():
+        if (path / "genai_config.json").is_file() or any(path.glob("*.onnx")):
+            return "onnx"
+        if (path / "config.json").is_file():
+            return "torch"
+    raise EdgesftError(f"{path}: not an artifact (a .gguf file, an ONNX folder or a model folder)")
+
+
+def open_artifact(path: Path, threads: int | None = None) -> Artifact:
+    """Open an artifact in this process (callers that must survive a crash use the worker instead)."""
+    kind = artifact_kind(path)
+    if kind == "gguf":
+        from edgesft.runtimes.llamacpp import LlamaCppArtifact
+
+        return LlamaCppArtifact(path, threads=threads)
+    if kind == "onnx":
+        from edgesft.runtimes.onnx_rt import OnnxArtifact
+
+        return OnnxArtifact(path, threads=threads)
+    from edgesft.runtimes.torch_rt import TorchArtifact
+
+    return TorchArtifact(path, threads=threads)

@@ -1,0 +1,96 @@
+"""A GGUF file in llama.cpp, through llama-cpp-python (import only inside a subprocess: see the package doc)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+class LlamaCppArtifact:
+    """llama.cpp with all-position logits; greedy decoding is argmax over llama.cpp's own logits."""
+
+    kind = "gguf"
+
+    def __init__(self, path: Path, threads: int | None = None, n_ctx: int = 2048):
+        from llama_cpp import Llama
+
+        self.path = Path(path)
+        n = threads or min(4, os.cpu_count() or 1)
+        self.llm = Llama(
+            model_path=str(path),
+            n_ctx=n_ctx,
+            n_batch=512,
+            n_threads=n,
+            n_threads_batch=n,
+            logits_all=True,
+            verbose=False,
+        )
+        self._vocab = self.llm._model.vocab
+
+    # The Artifact protocol --------------------------------------------------------------------------------
+
+    def tokenize(self, text: str) -> list[int]:
+        # add_bos=True asks llama.cpp to add what the file's add_bos_token flag says; special=True parses
+        # control tokens such as <|im_start|> the way a chat prompt needs.
+        return [int(t) for t in self.llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)]
+
+    def detokenize(self, ids: list[int]) -> str:
+        return self.llm.detokenize(ids, special=True).decode("utf-8", "replace")
+
+    def logits(self, ids: list[int]) -> Any:
+        self.llm.reset()
+        self.llm.eval(ids)
+        return np.array(self.llm.scores[: len(ids)], dtype=np.float32, copy=True)
+
+    def generate(self, ids: list[int], max_new_tokens: int) -> list[int]:
+        import llama_cpp
+
+        self.llm.reset()
+        self.llm.eval(ids)
+        out: list[int] = []
+        for _ in range(max_new_tokens):
+            nxt = int(np.argmax(self.llm.scores[self.llm.n_tokens - 1]))
+            out.append(nxt)
+            if llama_cpp.llama_vocab_is_eog(self._vocab, nxt):
+                break
+            self.llm.eval([nxt])
+        return out
+
+    def prefill(self, ids: list[int]) -> None:
+        """Process a prompt into a fresh KV cache (bench uses it for time to first token)."""
+        self.llm.reset()
+        self.llm.eval(ids)
+
+    def eos_ids(self) -> list[int]:
+        import llama_cpp
+
+        n = llama_cpp.llama_vocab_n_tokens(self._vocab)
+        return [i for i in range(n) if llama_cpp.llama_vocab_is_eog(self._vocab, i)]
+
+    def render_chat(self, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
+        """The file's ``tokenizer.chat_template`` rendered by llama-cpp-python's Jinja2 formatter, the path
+        ``create_chat_completion`` takes."""
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        template = self.llm.metadata.get("tokenizer.chat_template")
+        if not template:
+            raise ValueError("the GGUF has no tokenizer.chat_template")
+        token = self.llm._model.token_get_text
+        eos = self.llm.token_eos()
+        bos = self.llm.token_bos()
+        fmt = Jinja2ChatFormatter(
+            template=template,
+            eos_token=token(eos) if eos >= 0 else "",
+            bos_token=token(bos) if bos >= 0 else "",
+            add_generation_prompt=add_generation_prompt,
+        )
+        return fmt(messages=messages).prompt
+
+    def metadata(self) -> dict[str, str]:
+        return dict(self.llm.metadata)
+
+    def close(self) -> None:
+        self.llm.close()
