@@ -134,14 +134,19 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-GATE_FIELDS = ("max_quality_drop",)  # limits checked on recorded figures: not part of any cache key
+GATE_FIELDS = (
+    "max_quality_drop",
+    "allow_failures",
+)  # limits checked on recorded figures: not part of any cache key
 
 
 def stage_config(recipe: Recipe, spec: StageSpec) -> dict[str, Any]:
     dumped = recipe.model_dump(mode="json")
     out = {}
     for s in spec.sections:
-        value = dumped[s]
+        value: Any = dumped
+        for part in s.split("."):  # "export.gguf": one subsection
+            value = value[part]
         if isinstance(value, dict):
             value = {k: v for k, v in value.items() if k not in GATE_FIELDS}
         out[s] = value

@@ -70,6 +70,10 @@ class LlamaCppArtifact:
         n = llama_cpp.llama_vocab_n_tokens(self._vocab)
         return [i for i in range(n) if llama_cpp.llama_vocab_is_eog(self._vocab, i)]
 
+    def declared_eos_id(self) -> int:
+        """The file's ``tokenizer.ggml.eos_token_id``."""
+        return int(self.llm.token_eos())
+
     def render_chat(self, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
         """The file's ``tokenizer.chat_template`` rendered by llama-cpp-python's Jinja2 formatter, the path
         ``create_chat_completion`` takes."""

@@ -1,13 +1,13 @@
 """The stage registry: name -> entry point, in pipeline order.
 
-Later stages (quantize, export, verify, bench) register here the same way.
+Later stages (bench) register here the same way.
 """
 
 from __future__ import annotations
 
 from edgesft.pipeline import StageSpec
 from edgesft.quality import gate_for
-from edgesft.stages import data, merge, prune, train
+from edgesft.stages import data, export, gguf, merge, onnx, prune, train, verify
 
 STAGES: dict[str, StageSpec] = {
     "data": StageSpec(
@@ -40,5 +40,34 @@ STAGES: dict[str, StageSpec] = {
         skip=prune.skip,
         gate=gate_for("prune"),
         description="structured pruning (blocks, MLP width, KV groups) healed by distillation",
+    ),
+    "gguf": StageSpec(
+        name="gguf",
+        run=gguf.run,
+        sections=("name", "seed", "data", "export.gguf"),
+        skip=gguf.skip,
+        description="GGUF for llama.cpp: float file, importance matrix, llama.cpp k-quants, fallback report",
+    ),
+    "onnx": StageSpec(
+        name="onnx",
+        run=onnx.run,
+        sections=("seed", "data", "export.onnx"),
+        skip=onnx.skip,
+        description="ONNX with KV cache for onnxruntime and onnxruntime-genai (int4/int8/fp16/fp32)",
+    ),
+    "verify": StageSpec(
+        name="verify",
+        run=verify.run,
+        sections=("export.verify",),
+        skip=verify.skip,
+        gate=verify.gate,
+        description="parity of every artifact with its PyTorch model (tokenizer, EOS, template, logits, greedy)",
+    ),
+    "export": StageSpec(
+        name="export",
+        run=export.run,
+        sections=("name", "export.primary"),
+        skip=export.skip,
+        description="deployment bundle: artifacts, manifest with sha256, Ollama Modelfile, README, runners",
     ),
 }

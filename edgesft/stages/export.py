@@ -1,0 +1,184 @@
+"""Stage ``export``: the deployment bundle a deployer copies to the device.
+
+Hard links (copies where links fail) of every GGUF and ONNX artifact, an Ollama ``Modelfile`` for the
+primary GGUF, a ``README.md`` with the exact commands for llama.cpp, llama-cpp-python, Ollama and
+onnxruntime-genai plus Android/iOS notes, and the runner scripts from ``export/templates``. The stage's
+``manifest.json`` is the bundle manifest: sha256 and size of every file (``outputs``) and, per artifact, its
+precision, size, verification status and parity figures (``metrics.artifacts``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from edgesft import __version__
+from edgesft.bundle import TEMPLATES, check_modelfile, fill, modelfile
+from edgesft.config import Recipe
+from edgesft.errors import EdgesftError
+from edgesft.io import atomic_write_text, sha256_file
+from edgesft.pipeline import StageInputs, StageResult
+from edgesft.stages.verify import ARTIFACT_STAGES
+
+
+def skip(recipe: Recipe, manifests: dict[str, dict[str, Any]]) -> str | None:
+    return None if any(s in manifests for s in ARTIFACT_STAGES) else "no gguf or onnx stage ran"
+
+
+def _link(src: Path, dst: Path) -> None:
+    if src.is_dir():
+        dst.mkdir(parents=True, exist_ok=True)
+        for f in src.iterdir():
+            _link(f, dst / f.name)
+        return
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _size(path: Path) -> int:
+    return (
+        sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        if path.is_dir()
+        else path.stat().st_size
+    )
+
+
+def _human(n: float) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+def run(recipe: Recipe, inputs: StageInputs, out_dir: Path) -> StageResult:
+    from transformers import AutoTokenizer
+
+    verified = inputs.upstream.get("verify", {}).get("metrics", {}).get("artifacts", {})
+    entries: list[dict[str, Any]] = []
+    source = None
+    for stage in ARTIFACT_STAGES:
+        m = inputs.upstream.get(stage)
+        if m is None:
+            continue
+        source = m["metrics"]["source_stage"]
+        for a in m["metrics"]["artifacts"]:
+            if a.get("status") != "ok":
+                continue
+            src = inputs.stage_dir(stage) / a["file"]
+            _link(src, out_dir / a["file"])
+            v = verified.get(f"{stage}/{a['file']}")
+            logits = (v or {}).get("checks", {}).get("logits", {})
+            entries.append(
+                {
+                    "file": a["file"],
+                    "format": a["format"],
+                    "precision": a["precision"],
+                    "exporter": a.get(
+                        "exporter", "edgesft + llama.cpp quantizer" if stage == "gguf" else None
+                    ),
+                    "bytes": _size(src),
+                    "sha256": sha256_file(src) if src.is_file() else None,
+                    "verification": v["status"] if v else "not verified",
+                    "failed_checks": (v or {}).get("failed_checks", []),
+                    "top1_agreement": logits.get("top1_agreement"),
+                    "kl_mean": logits.get("kl_mean"),
+                    "fallback_tensors": len(a.get("fallbacks", [])) if stage == "gguf" else None,
+                }
+            )
+    if not entries or source is None:
+        raise EdgesftError("stage export: no artifact was produced (see the gguf and onnx stages)")
+    primary = _primary(recipe, entries)
+    src_dir = inputs.stage_dir(source)
+    tok = AutoTokenizer.from_pretrained(src_dir / inputs.info(source)["model"])
+    config = json.loads((src_dir / inputs.info(source)["model"] / "config.json").read_text())
+    ctx = int(min(int(config.get("max_position_embeddings", 2048)), 4096))
+    ggufs = [e for e in entries if e["format"] == "gguf"]
+    onnxs = [e for e in entries if e["format"] == "onnx"]
+    gguf_name = (primary if primary["format"] == "gguf" else ggufs[0])["file"] if ggufs else None
+    if gguf_name:
+        stop_ids = sorted(
+            set([tok.eos_token_id] + list(_generation_eos(src_dir / inputs.info(source)["model"])))
+        )
+        text = modelfile(
+            gguf_name, tok, stop_ids, ctx, f"Ollama Modelfile made by edgesft {__version__} for {recipe.name}"
+        )
+        problems = check_modelfile(text, out_dir)
+        if problems:
+            raise EdgesftError(f"stage export: the generated Modelfile is invalid: {'; '.join(problems)}")
+        atomic_write_text(out_dir / "Modelfile", text)
+        shutil.copy2(TEMPLATES / "run_gguf.py", out_dir / "run_gguf.py")
+    if onnxs:
+        shutil.copy2(TEMPLATES / "run_onnx.py", out_dir / "run_onnx.py")
+    n_kv = int(config.get("num_key_value_heads") or config["num_attention_heads"])
+    hd = int(config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"])
+    kv_per_token = 2 * int(config["num_hidden_layers"]) * n_kv * hd * 2
+    quality = inputs.upstream[source].get("metrics", {})
+    readme = fill(
+        "README.md.tmpl",
+        name=recipe.name or "model",
+        version=__version__,
+        source_stage=source,
+        created=datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+        artifact_rows="\n".join(_row(e) for e in entries),
+        quality=_quality_text(quality),
+        gguf=gguf_name or "(no GGUF in this bundle)",
+        onnx=onnxs[0]["file"] if onnxs else "(no ONNX in this bundle)",
+        context_length=ctx,
+        kv_bytes_per_token=kv_per_token,
+        kv_mib=f"{kv_per_token * ctx / 2**20:.0f}",
+    )
+    atomic_write_text(out_dir / "README.md", readme)
+    return StageResult(
+        metrics={"source_stage": source, "primary": primary["file"], "artifacts": entries},
+        info={"primary": primary["file"], "source_stage": source},
+    )
+
+
+def _primary(recipe: Recipe, entries: list[dict[str, Any]]) -> dict[str, Any]:
+    want = recipe.export.primary
+    if want is None:  # the first quantized GGUF, else the first artifact
+        floats = ("F32", "F16", "BF16")
+        return next(
+            (e for e in entries if e["format"] == "gguf" and e["precision"] not in floats), entries[0]
+        )
+    for e in entries:
+        if want in (e["file"], e["precision"]):
+            return e
+    raise EdgesftError(
+        f"export.primary: {want!r} is not among the artifacts ({', '.join(e['file'] for e in entries)})"
+    )
+
+
+def _generation_eos(model_dir: Path) -> list[int]:
+    try:
+        eos = json.loads((model_dir / "generation_config.json").read_text()).get("eos_token_id")
+    except (OSError, json.JSONDecodeError):
+        return []
+    return [int(e) for e in (eos if isinstance(eos, list) else [eos]) if e is not None]
+
+
+def _row(e: dict[str, Any]) -> str:
+    runtime = "llama.cpp" if e["format"] == "gguf" else "onnxruntime-genai"
+    top1 = f"{e['top1_agreement']:.3f}" if e["top1_agreement"] is not None else "-"
+    kl = f"{e['kl_mean']:.4f}" if e["kl_mean"] is not None else "-"
+    return f"| `{e['file']}` | {runtime} | {e['precision']} | {_human(e['bytes'])} | {e['verification']} | {top1} | {kl} |"
+
+
+def _quality_text(m: dict[str, Any]) -> str:
+    test = m.get("test", {}) if isinstance(m.get("test"), dict) else {}
+    parts = []
+    for key, label in (
+        ("exact_match", "exact-match"),
+        ("intent_accuracy", "intent"),
+        ("valid_json", "valid JSON"),
+    ):
+        if key in test:
+            parts.append(f"{label} {100 * test[key]:.1f}%")
+    if "slot_f1" in test:
+        parts.append(f"slot F1 {test['slot_f1']:.3f}")
+    if "val_perplexity" in m:
+        parts.append(f"validation perplexity {m['val_perplexity']:.3f}")
+    return ", ".join(parts) or "not measured"

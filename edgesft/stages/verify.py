@@ -1,0 +1,121 @@
+"""Stage ``verify``: parity of every GGUF and ONNX artifact with the PyTorch model it came from.
+
+Each artifact runs in its own runtime in a child process (:mod:`edgesft.verify`), so a runtime that
+crashes or hangs marks that artifact ``crashed`` instead of ending the run. A failed or crashed artifact
+stops the run (exit 2) unless ``export.verify.allow_failures`` is set; the gate is re-checked on cache hits.
+
+Outputs: ``verify.json`` (every check and figure per artifact).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from edgesft.config import Recipe
+from edgesft.data import load_rows
+from edgesft.errors import QualityGateError
+from edgesft.io import atomic_write_json
+from edgesft.pipeline import StageInputs, StageResult
+from edgesft.verify import build_request, default_threads, verify_artifact
+
+ARTIFACT_STAGES = ("gguf", "onnx")
+
+
+def skip(recipe: Recipe, manifests: dict[str, dict[str, Any]]) -> str | None:
+    if not recipe.export.verify.enabled:
+        return "export.verify.enabled is false"
+    if not any(s in manifests for s in ARTIFACT_STAGES):
+        return "no gguf or onnx stage ran"
+    return None
+
+
+def artifacts(upstream: dict[str, dict[str, Any]], run_dir: Path) -> list[tuple[str, Path, dict[str, Any]]]:
+    """(stage, path, export record) of every artifact the export stages recorded."""
+    out = []
+    for stage in ARTIFACT_STAGES:
+        for a in upstream.get(stage, {}).get("metrics", {}).get("artifacts", []):
+            out.append((stage, run_dir / stage / a["file"], a))
+    return out
+
+
+def run(recipe: Recipe, inputs: StageInputs, out_dir: Path) -> StageResult:
+    from edgesft.runtimes.torch_rt import TorchArtifact
+
+    cfg = recipe.export.verify
+    threads = recipe.train.threads or default_threads()
+    records: dict[str, Any] = {}
+    found = artifacts(inputs.upstream, inputs.run_dir)
+    sources = {inputs.upstream[s]["metrics"]["source_stage"] for s in ARTIFACT_STAGES if s in inputs.upstream}
+    if len(sources) != 1:
+        raise QualityGateError(
+            f"stage verify: artifacts come from different model stages ({sorted(sources)})"
+        )
+    source = sources.pop()
+    reference = TorchArtifact(inputs.stage_dir(source) / inputs.info(source)["model"], threads=threads)
+    data_dir = inputs.stage_dir("data")
+    rows = load_rows(data_dir / "val.jsonl") or load_rows(data_dir / "train.jsonl")
+    request = build_request(reference.tok, rows, cfg)
+    for stage, path, exported in found:
+        key = f"{stage}/{exported['file']}"
+        if exported.get("status") != "ok":
+            records[key] = {
+                "precision": exported.get("precision"),
+                "status": "failed",
+                "error": exported.get("error"),
+            }
+            continue
+        t0 = time.perf_counter()
+        rec = verify_artifact(
+            path, exported["precision"], reference, request, cfg, inputs.work_dir / "probe", threads
+        )
+        rec["seconds"] = round(time.perf_counter() - t0, 2)
+        records[key] = rec
+        print("  " + summary_line(key, rec))
+    report = {
+        "source_stage": source,
+        "prompts": len(request["sequences"]),
+        "texts": len(request["texts"]),
+        "artifacts": records,
+    }
+    atomic_write_json(out_dir / "verify.json", report)
+    passed = sum(r["status"] == "passed" for r in records.values())
+    return StageResult(
+        metrics={**report, "passed": passed, "failed": len(records) - passed},
+        info={"source_stage": source},
+    )
+
+
+def summary_line(key: str, rec: dict[str, Any]) -> str:
+    if "checks" not in rec:
+        return f"{key}: {rec['status'].upper()}: {rec.get('error')}"
+    lg = rec["checks"]["logits"]
+    figures = (
+        f"top-1 {lg['top1_agreement']:.3f}, KL {lg['kl_mean']:.4f}"
+        if "kl_mean" in lg
+        else lg.get("error", "")
+    )
+    bad = f" ({', '.join(rec['failed_checks'])})" if rec["failed_checks"] else ""
+    return f"{key}: {rec['status'].upper()}{bad}: {figures}"
+
+
+def gate(recipe: Recipe, manifests: dict[str, dict[str, Any]]) -> None:
+    m = manifests.get("verify")
+    if m is None or recipe.export.verify.allow_failures:
+        return
+    bad = {k: r for k, r in m["metrics"]["artifacts"].items() if r["status"] != "passed"}
+    if bad:
+        detail = "; ".join(
+            f"{k} {r['status']}"
+            + (
+                f" ({', '.join(r.get('failed_checks', []))})"
+                if r.get("failed_checks")
+                else f": {r.get('error')}"
+            )
+            for k, r in bad.items()
+        )
+        raise QualityGateError(
+            f"stage verify: {len(bad)} artifact(s) failed parity: {detail} "
+            "(details in verify/verify.json; export.verify.allow_failures ships them anyway)"
+        )
