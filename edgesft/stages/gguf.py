@@ -21,7 +21,6 @@ from edgesft.gguf_export import imatrix_from_model, write_gguf, write_imatrix
 from edgesft.isolate import IsolatedFailure, call
 from edgesft.pipeline import StageInputs, StageResult, last_model_stage
 
-
 SOFT_PROMPT = (
     "train.method prompt_tuning: a soft prompt is a sequence of learned input vectors, not a weight change, "
     "so no model file can carry it (use lora, dora or freeze to export)"
