@@ -392,7 +392,7 @@ class GgufConfig(_Section):
     """Type of the 2-D weights in the float GGUF the quantizer starts from (norms and biases stay f32)."""
     keep_float: bool = False
     """Ship the float GGUF in the export bundle too."""
-    quants: list[GgufQuant] = Field(default_factory=lambda: ["Q4_K_M"])
+    quants: list[GgufQuant] = Field(default_factory=lambda: ["Q4_K_M"])  # type: ignore[arg-type]
     """llama.cpp quantization types to produce (k-quants want row lengths divisible by 256)."""
     imatrix: bool = True
     """Compute an importance matrix from calibration rows (PyTorch activations) and quantize with it."""

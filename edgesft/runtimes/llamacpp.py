@@ -91,7 +91,7 @@ class LlamaCppArtifact:
             bos_token=token(bos) if bos >= 0 else "",
             add_generation_prompt=add_generation_prompt,
         )
-        return fmt(messages=messages).prompt
+        return fmt(messages=messages).prompt  # type: ignore[arg-type]
 
     def metadata(self) -> dict[str, str]:
         return dict(self.llm.metadata)

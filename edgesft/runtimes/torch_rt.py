@@ -57,7 +57,7 @@ class TorchArtifact:
         import torch
 
         with torch.no_grad():
-            out = self.model.generate(
+            out: Any = self.model.generate(
                 input_ids=torch.tensor([ids]),
                 attention_mask=torch.ones(1, len(ids), dtype=torch.long),
                 max_new_tokens=max_new_tokens,

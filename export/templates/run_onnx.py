@@ -2,12 +2,13 @@
 
 import json
 import sys
+from typing import Any
 
 import onnxruntime_genai as og
 
 model = og.Model(sys.argv[1])
 tokenizer = og.Tokenizer(model)
-history = []
+history: list[Any] = []
 while True:
     try:
         text = input("> ")
@@ -19,7 +20,7 @@ while True:
     params.set_search_options(do_sample=False, max_length=2048)
     generator = og.Generator(model, params)
     generator.append_tokens(tokenizer.encode(prompt))
-    new = []
+    new: list[int] = []
     while not generator.is_done() and len(new) < 256:
         generator.generate_next_token()
         new.append(generator.get_next_tokens()[0])
