@@ -34,7 +34,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from edgesft.stages import STAGES
 
     recipe = load_recipe(args.recipe, args.overrides)
-    stages = [n for n, spec in STAGES.items() if not (spec.skip and spec.skip(recipe, {}))]
+    stages: list[str] = []
+    planned: dict[str, dict[str, Any]] = {}  # stages that would run, as skip() sees earlier manifests
+    for n, spec in STAGES.items():
+        if not (spec.skip and spec.skip(recipe, planned)):
+            stages.append(n)
+            planned[n] = {}
     print(
         f"{args.recipe}: ok (name {recipe.name!r}, stages: {', '.join(stages)}, "
         f"model {recipe.model.base!r}, method {recipe.train.method!r})"
@@ -106,6 +111,53 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def resolve_artifact(target: str) -> Path:
+    """An artifact path; a run's export folder stands for its primary artifact."""
+    from edgesft.io import read_json
+
+    path = Path(target)
+    if not path.exists():
+        raise EdgesftError(f"{target}: no such file or folder")
+    manifest = read_json(path / "manifest.json") if path.is_dir() else None
+    if isinstance(manifest, dict) and manifest.get("stage") == "export":
+        return path / manifest["info"]["primary"]
+    return path
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from edgesft.runtimes import artifact_kind, open_artifact
+
+    path = resolve_artifact(args.artifact)
+    kind = artifact_kind(path)
+    art = open_artifact(path, threads=args.threads)
+    stops = set(art.eos_ids())
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print(f"{path} ({kind}); greedy, {args.max_new_tokens} tokens at most. /reset clears, Ctrl-D quits.")
+    history: list[dict[str, str]] = [{"role": "system", "content": args.system}] if args.system else []
+    start = len(history)
+    while True:
+        try:
+            text = input("> " if interactive else "")
+        except EOFError:
+            break
+        if text.strip() == "/reset":
+            del history[start:]
+            continue
+        if not text.strip():
+            continue
+        history.append({"role": "user", "content": text})
+        prompt = art.render_chat(history, True)
+        new = art.generate(art.tokenize(prompt), args.max_new_tokens)
+        if new and new[-1] in stops:
+            new = new[:-1]
+        answer = art.detokenize(new).strip()
+        print(answer, flush=True)
+        history.append({"role": "assistant", "content": answer})
+    art.close()
+    return 0
+
+
 def cmd_stages(args: argparse.Namespace) -> int:
     from edgesft.stages import STAGES
 
@@ -154,6 +206,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, default=32)
     e.add_argument("--json", action="store_true", help="machine-readable output")
     e.set_defaults(func=cmd_eval)
+
+    c = sub.add_parser("chat", help="chat with an artifact (.gguf, ONNX folder, model folder, export folder)")
+    c.add_argument("artifact")
+    c.add_argument("--max-new-tokens", type=int, default=256)
+    c.add_argument("--system", default=None, help="system prompt")
+    c.add_argument("--threads", type=int, default=None)
+    c.set_defaults(func=cmd_chat)
 
     s = sub.add_parser("stages", help="list the pipeline stages")
     s.set_defaults(func=cmd_stages)

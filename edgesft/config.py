@@ -394,6 +394,9 @@ class GgufConfig(_Section):
     """Ship the float GGUF in the export bundle too."""
     quants: list[GgufQuant] = Field(default_factory=lambda: ["Q4_K_M"])  # type: ignore[arg-type]
     """llama.cpp quantization types to produce (k-quants want row lengths divisible by 256)."""
+    output_type: Literal["Q8_0", "Q6_K", "Q5_0", "Q4_0"] | None = None
+    """Type of the output tensor (the token embedding when tied), instead of llama.cpp's choice for the
+    quant type (Q6_K, or Q8_0 where rows are not a multiple of 256). Smaller files, at some KL cost."""
     imatrix: bool = True
     """Compute an importance matrix from calibration rows (PyTorch activations) and quantize with it."""
     imatrix_rows: int = Field(64, ge=1, le=100000)

@@ -422,7 +422,12 @@ _FALLBACK = re.compile(
 )
 
 
-def quantize(src: str, dest: str, qtype: str, imatrix: str | None, threads: int | None) -> dict[str, Any]:
+GGML_TYPES = {"Q4_0": 2, "Q5_0": 6, "Q8_0": 8, "Q6_K": 14}  # ggml_type values (ggml.h)
+
+
+def quantize(
+    src: str, dest: str, qtype: str, imatrix: str | None, threads: int | None, output_type: str | None = None
+) -> dict[str, Any]:
     """Quantize a float GGUF with llama.cpp (``llama_model_quantize``); report tensor types and fallbacks.
 
     Call through :func:`edgesft.isolate.call` so that a native crash is an error, not a dead pipeline.
@@ -441,6 +446,8 @@ def quantize(src: str, dest: str, qtype: str, imatrix: str | None, threads: int 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = QUANT_FTYPES[qtype]
     params.nthread = int(threads or 0)
+    if output_type:
+        params.output_tensor_type = GGML_TYPES[output_type]
     keep: list[Any] = []
     n_imatrix = 0
     if imatrix:

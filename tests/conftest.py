@@ -36,6 +36,8 @@ def write_recipe(folder: Path, **sections: Any) -> Path:
             "early_stopping_patience": None,
         },
         "eval": {"max_new_tokens": 16, "max_rows": 4, "evaluate_base": False},
+        # export stages are tested on their own (test_gguf, test_onnx_export, test_export)
+        "export": {"gguf": {"enabled": False}, "onnx": {"enabled": False}},
     }
     for key, value in sections.items():
         if isinstance(value, dict) and isinstance(recipe.get(key), dict):

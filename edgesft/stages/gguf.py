@@ -115,6 +115,7 @@ def run(recipe: Recipe, inputs: StageInputs, out_dir: Path) -> StageResult:
                     "qtype": q,
                     "imatrix": str(imatrix) if imatrix else None,
                     "threads": threads,
+                    "output_type": g.output_type,
                 },
             )
         except IsolatedFailure as e:
