@@ -422,6 +422,9 @@ class OnnxVariant(_Section):
     """int4: MatMulNBits compute type (0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8 activations)."""
     algorithm: Literal["rtn", "hqq", "gptq"] = "rtn"
     """int4 (optimum exporter): round-to-nearest, HQQ, or GPTQ on calibration rows."""
+    quantize_embedding: bool = True
+    """int4 RTN (optimum exporter): also quantize the token embedding (GatherBlockQuantized); float
+    embeddings are a third of a 135M model's fp32 file."""
 
 
 class OnnxConfig(_Section):

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -60,7 +61,10 @@ def export_fp32(model_dir: Path, out_dir: Path, opset: int | None = None) -> dic
             f"(supported: {', '.join(sorted(GENAI_MODEL_TYPES))})"
         )
     start = time.perf_counter()
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir) as tmp, warnings.catch_warnings():
+        # The tracer warns about Python-side shape checks in transformers' masking code; the exported graph
+        # is checked against PyTorch by the verify stage instead.
+        warnings.simplefilter("ignore")
         main_export(
             str(model_dir),
             output=tmp,
@@ -190,8 +194,9 @@ def untie_lm_head(model: Any) -> list[str]:
 
     optimum shares a tied embedding with the LM head through a Transpose node. onnxruntime's quantizers only
     quantize a MatMul whose weight is an initializer, so the shared form would leave the largest MatMul of a
-    small model (hidden x vocab) in float. After untying, the embedding Gather keeps the float matrix and the
-    LM head gets a quantized copy (an eighth of the embedding's size at int4, a quarter at int8).
+    small model (hidden x vocab) in float. After untying, the LM head gets a quantized copy (an eighth of the
+    embedding's size at int4, a quarter at int8); the embedding Gather stays float unless int4 RTN's
+    ``quantize_embedding`` turns it into a GatherBlockQuantized.
 
     Returns:
         Names of the MatMul nodes that were untied.
@@ -278,13 +283,21 @@ def _quantize_int4(
         "accuracy_level": variant.accuracy_level,
     }
     algo: WeightOnlyQuantConfig
+    op_types: tuple[str, ...] = ("MatMul",)
+    axes: tuple[tuple[str, int], ...] | None = None
     if variant.algorithm == "rtn":
+        if variant.quantize_embedding:
+            # The embedding table becomes a GatherBlockQuantized (blocks along the hidden axis).
+            op_types, axes = ("MatMul", "Gather"), (("MatMul", 0), ("Gather", 1))
+        extra["embedding_quantized"] = variant.quantize_embedding
         # onnxruntime's built-in block quantizer: round-to-nearest with a per-block scale (and zero point
         # when asymmetric), the same quantizer the genai builder uses by default.
         algo = DefaultWeightOnlyQuantConfig(
             block_size=variant.block_size,
             is_symmetric=variant.symmetric,
             accuracy_level=variant.accuracy_level or None,
+            op_types_to_quantize=op_types,
+            quant_axes=axes,
         )
     elif variant.algorithm == "hqq":
         # HQQ always fits a float zero point per block: the variant's ``symmetric`` does not apply.
@@ -302,7 +315,8 @@ def _quantize_int4(
         block_size=variant.block_size,
         is_symmetric=variant.symmetric,
         accuracy_level=variant.accuracy_level or None,
-        op_types_to_quantize=("MatMul",),
+        op_types_to_quantize=op_types,
+        quant_axes=axes,
         algo_config=algo,
     )
     _quiet_quantizer_logs()

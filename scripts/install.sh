@@ -12,6 +12,18 @@ if ! "$PY" -c "import torch" >/dev/null 2>&1; then
   "$PY" -m pip install "torch==2.13.0"
 fi
 
+# llama-cpp-python compiles llama.cpp. Its default native x86 build (GGML_NATIVE=ON) segfaulted on every
+# multi-token batch on an AVX512/AMX cloud CPU (../shared/FINDINGS.md); a portable AVX2 build works and pip
+# caches the wheel. Keep an llama-cpp-python the user already has; EDGESFT_LLAMA_CMAKE_ARGS overrides.
+if ! "$PY" -c "import llama_cpp" >/dev/null 2>&1; then
+  if [ "$(uname -m)" = "x86_64" ]; then
+    default_args="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"
+  else
+    default_args=""
+  fi
+  CMAKE_ARGS="${EDGESFT_LLAMA_CMAKE_ARGS:-$default_args}" "$PY" -m pip install "llama-cpp-python==0.3.36"
+fi
+
 extra=""
 [ "${1:-}" = "--dev" ] && extra="[dev]"
 "$PY" -m pip install -e ".${extra}"
