@@ -6,7 +6,7 @@
   onnxruntime-genai's model builder int4 with the same settings.
 
 Quality: verify-stage parity against the fp32 PyTorch model (teacher-forced top-1 agreement and mean KL on
-16 phone validation rows). Note that this fp32 model is itself decoded from the upstream Q4_1 file (the only
+the first 16 phone validation rows). Note that this fp32 model is itself decoded from the upstream Q4_1 file (the only
 copy of the weights that ships offline), so Q4_1 files that land on the same grid score near zero KL.
 Speed: decode tokens/s of each artifact in its own child process, rounds interleaved (A B C ... A B C ...),
 median of the per-round ratios against the reference file.
@@ -44,7 +44,7 @@ def main() -> None:
 
     from edgesft.chat import render
     from edgesft.config import ModelConfig, OnnxVariant, VerifyConfig
-    from edgesft.data import load_rows
+    from edgesft.data import ReadReport, read_rows
     from edgesft.gguf_export import imatrix_from_model, write_gguf, write_imatrix
     from edgesft.isolate import call
     from edgesft.models import embedded_gguf, resolve_model
@@ -57,8 +57,12 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     base = resolve_model(ModelConfig()).path
     upstream = embedded_gguf()
-    rows = load_rows(ROOT / "recipes" / "data" / "phone" / "train.jsonl")
-    val = random.Random(0).sample(rows, 16)
+    rows = read_rows(
+        [ROOT / "recipes" / "data" / "phone_commands" / "train.jsonl"], "auto", "fail", ReadReport()
+    )
+    val = read_rows(
+        [ROOT / "recipes" / "data" / "phone_commands" / "val.jsonl"], "auto", "fail", ReadReport()
+    )[:16]
     timings: dict[str, float] = {}
 
     # ---- GGUF
