@@ -171,6 +171,10 @@ def test_ci_smoke_recipe_end_to_end_then_all_cache_hits(tmp_path: Path) -> None:
     assert set(merge["metrics"]["qlora_val_loss"]) == {"original", "nf4"}
     prune = json.loads((tmp_path / "ci-smoke" / "prune" / "manifest.json").read_text())
     assert prune["metrics"]["removed_fraction"] >= 0.3 and prune["metrics"]["heal"]["steps"] > 0
+    verify = json.loads((tmp_path / "ci-smoke" / "verify" / "verify.json").read_text())["artifacts"]
+    assert set(verify) == {"gguf/ci-smoke-Q4_K_M.gguf", "onnx/int4"}
+    assert all(r["status"] == "passed" for r in verify.values())
+    assert (tmp_path / "ci-smoke" / "export" / "Modelfile").is_file()
     second = _cli(["run", "recipes/ci-smoke.yaml", "--root", str(tmp_path)])
     assert second.returncode == 0
-    assert second.stdout.count("cache hit") == 4 and "running" not in second.stdout
+    assert second.stdout.count("cache hit") == 8 and "running" not in second.stdout
