@@ -1,0 +1,45 @@
+"""Latency statistics on synthetic timings with known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgesft.stats import bootstrap_ci, latency_gate, per_round_ratios
+
+
+def test_per_round_ratio_cancels_shared_drift() -> None:
+    # Both artifacts slow down together round by round; B is exactly 20% slower in every round.
+    drift = np.array([1.0, 1.5, 0.8, 2.0, 1.1])
+    ratios = per_round_ratios(1.2 * drift, drift)
+    np.testing.assert_allclose(ratios, 1.2)
+    with pytest.raises(ValueError, match="equal"):
+        per_round_ratios([1.0, 2.0], [1.0])
+    with pytest.raises(ValueError, match="positive"):
+        per_round_ratios([1.0, 0.0], [1.0, 1.0])
+
+
+def test_bootstrap_interval_covers_the_true_median() -> None:
+    rng = np.random.default_rng(1)
+    hits = 0
+    for trial in range(200):
+        x = 1.0 + rng.normal(0.0, 0.05, size=15)  # true median 1.0
+        low, high = bootstrap_ci(x, resamples=2000, seed=trial)
+        assert low <= np.median(x) <= high
+        hits += low <= 1.0 <= high
+    assert hits / 200 >= 0.88  # nominal 95%; the percentile bootstrap of a median undercovers a little
+
+
+def test_gate_passes_identical_and_catches_a_slowdown() -> None:
+    rng = np.random.default_rng(7)
+    base = 10.0 * np.exp(rng.normal(0, 0.08, size=12))  # ~8% noise per round
+    same = base * np.exp(rng.normal(0, 0.03, size=12))
+    slow = base * 1.25 * np.exp(rng.normal(0, 0.03, size=12))
+    ok = latency_gate(same, base, allowed_slowdown=0.10)
+    assert not ok.regression and ok.ci_low < 1.1 and "ok" in ok.line()
+    bad = latency_gate(slow, base, allowed_slowdown=0.10)
+    assert bad.regression and bad.ci_low > 1.1 and bad.median_ratio == pytest.approx(1.25, rel=0.05)
+    # a one-off burst in one round does not flip the verdict of identical artifacts
+    burst = same.copy()
+    burst[3] *= 3.0
+    assert not latency_gate(burst, base).regression
