@@ -61,7 +61,7 @@ def latency_gate(
 ) -> Verdict:
     """Fail only when the whole interval of the median time ratio lies above ``1 + allowed_slowdown``."""
     ratios = per_round_ratios(current, baseline)
-    low, high = bootstrap_ci(ratios, seed=seed)
+    low, high = bootstrap_ci(ratios.tolist(), seed=seed)
     return Verdict(
         median_ratio=float(np.median(ratios)),
         ci_low=low,
