@@ -70,6 +70,20 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
 
 
+def link_or_copy(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+    """Hard-link ``src`` to ``dst`` (no copy of large weights; stage outputs are never modified in place),
+    copying where links are not possible (another filesystem)."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def link_tree(src: Path, dst: Path) -> None:
+    """:func:`link_or_copy` for a whole folder; ``dst`` must not exist yet."""
+    shutil.copytree(src, dst, copy_function=link_or_copy)
+
+
 def read_json(path: Path) -> Any | None:
     """Parsed JSON, or None when the file is missing or not valid JSON."""
     try:

@@ -31,7 +31,7 @@ from typing import Any
 
 from edgesft.config import OnnxVariant
 from edgesft.errors import EdgesftError
-from edgesft.io import atomic_dir, atomic_write_json, read_json
+from edgesft.io import atomic_dir, atomic_write_json, link_or_copy, read_json
 
 # Hugging Face ``model_type`` -> onnxruntime-genai ``model.type``. genai 0.13.2 runs these three as plain
 # decoders over the standard input/output names that optimum's exporter writes.
@@ -164,7 +164,7 @@ def _optimum_variant(
         # The fp32 export is already the artifact: link its graph files instead of copying hundreds of MB.
         for src in fp32_dir.iterdir():
             if src.is_file() and (src.suffix == ".onnx" or src.name.startswith(ONNX_FILE)):
-                _link_or_copy(src, out / src.name)
+                link_or_copy(src, out / src.name)
         return {}
 
     model = onnx.load(str(fp32_dir / ONNX_FILE))  # external data, if any, is loaded too
@@ -731,13 +731,6 @@ def _quiet_quantizer_logs() -> None:
     import logging
 
     logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
-
-
-def _link_or_copy(src: Path, dst: Path) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
 
 
 def _listing(folder: Path) -> dict[str, int]:

@@ -10,7 +10,6 @@ precision, size, verification status and parity figures (``metrics.artifacts``).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,25 +19,13 @@ from edgesft import __version__
 from edgesft.bundle import TEMPLATES, check_modelfile, fill, modelfile
 from edgesft.config import Recipe
 from edgesft.errors import EdgesftError
-from edgesft.io import atomic_write_text, sha256_file
+from edgesft.io import atomic_write_text, link_or_copy, link_tree, sha256_file
 from edgesft.pipeline import StageInputs, StageResult
 from edgesft.stages.verify import ARTIFACT_STAGES
 
 
 def skip(recipe: Recipe, manifests: dict[str, dict[str, Any]]) -> str | None:
     return None if any(s in manifests for s in ARTIFACT_STAGES) else "no gguf or onnx stage ran"
-
-
-def _link(src: Path, dst: Path) -> None:
-    if src.is_dir():
-        dst.mkdir(parents=True, exist_ok=True)
-        for f in src.iterdir():
-            _link(f, dst / f.name)
-        return
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
 
 
 def _size(path: Path) -> int:
@@ -68,7 +55,7 @@ def run(recipe: Recipe, inputs: StageInputs, out_dir: Path) -> StageResult:
             if a.get("status") != "ok":
                 continue
             src = inputs.stage_dir(stage) / a["file"]
-            _link(src, out_dir / a["file"])
+            (link_tree if src.is_dir() else link_or_copy)(src, out_dir / a["file"])
             v = verified.get(f"{stage}/{a['file']}")
             logits = (v or {}).get("checks", {}).get("logits", {})
             entries.append(

@@ -15,7 +15,6 @@ Outputs: ``model/`` (safetensors + tokenizer), ``tokenizer/``, ``eval_samples.js
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from edgesft.config import Recipe
 from edgesft.data import load_rows
 from edgesft.errors import EdgesftError
 from edgesft.evaluate import loss_and_perplexity
-from edgesft.io import read_json, sha256_file
+from edgesft.io import link_tree, read_json, sha256_file
 from edgesft.pipeline import StageInputs, StageResult
 from edgesft.quality import measure, param_counts
 
@@ -47,18 +46,6 @@ def external_inputs(recipe: Recipe) -> dict[str, str]:
             if f.is_file():
                 out[f"fuse:{i}:{f.name}"] = sha256_file(f)
     return out
-
-
-def _link_tree(src: Path, dst: Path) -> None:
-    """Copy ``src`` to ``dst`` with hard links where possible (stage folders are never modified in place)."""
-
-    def link(s: str, d: str) -> None:
-        try:
-            os.link(s, d)
-        except OSError:
-            shutil.copy2(s, d)
-
-    shutil.copytree(src, dst, copy_function=link)
 
 
 def merged_model(
@@ -119,8 +106,8 @@ def run(recipe: Recipe, inputs: StageInputs, out_dir: Path) -> StageResult:
     if info["kind"] == "model":
         src = train_dir / "model"
         if m.dtype == "float32" and _is_float32(src):
-            _link_tree(src, out_dir / "model")
-            _link_tree(train_dir / "tokenizer", out_dir / "tokenizer")
+            link_tree(src, out_dir / "model")
+            link_tree(train_dir / "tokenizer", out_dir / "tokenizer")
             metrics: dict[str, Any] = {"merge": "pass-through", "measured_in": "train (identical weights)"}
             metrics.update({k: train_metrics[k] for k in QUALITY_KEYS if k in train_metrics})
             metrics.update({k: v for k, v in train_metrics.items() if k.startswith("params_")})
