@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from edgesft.errors import EdgesftError
+from edgesft.models import generation_eos_ids, head_dim
 
 # HF model_type -> (GGUF architecture, whether Q/K rows are permuted for llama.cpp's rotary layout).
 # llama.cpp applies "normal" (adjacent-pair) rope to the llama architecture and NeoX (half-split) rope to
@@ -86,10 +87,6 @@ def architecture(config: dict[str, Any]) -> tuple[str, bool]:
             "by the GGUF writer (default and linear are)"
         )
     return ARCHITECTURES[mtype]
-
-
-def head_dim(config: dict[str, Any]) -> int:
-    return int(config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"])
 
 
 def permute_rows(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -300,13 +297,7 @@ def _add_tensor(writer: Any, name: str, data: np.ndarray, float_type: str) -> No
 
 def _add_generation_eos(writer: Any, model_dir: Path, special_ids: dict[str, int]) -> None:
     """Extra end-of-generation ids from generation_config.json (a list there) as llama.cpp's EOT id."""
-    try:
-        gen = json.loads((model_dir / "generation_config.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return
-    eos = gen.get("eos_token_id")
-    ids = eos if isinstance(eos, list) else [eos] if eos is not None else []
-    extra = [int(i) for i in ids if int(i) != special_ids.get("eos")]
+    extra = [i for i in generation_eos_ids(model_dir) if i != special_ids.get("eos")]
     if extra:
         writer.add_eot_token_id(extra[0])
 

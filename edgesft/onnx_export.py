@@ -32,6 +32,7 @@ from typing import Any
 from edgesft.config import OnnxVariant
 from edgesft.errors import EdgesftError
 from edgesft.io import atomic_dir, atomic_write_json, link_or_copy, read_json
+from edgesft.models import generation_eos_ids, head_dim
 
 # Hugging Face ``model_type`` -> onnxruntime-genai ``model.type``. genai 0.13.2 runs these three as plain
 # decoders over the standard input/output names that optimum's exporter writes.
@@ -439,7 +440,7 @@ def _builder_variant(
             f"{where}: algorithm {variant.algorithm} needs exporter: optimum (the builder quantizes with RTN)"
         )
     config = _model_config(model_dir)
-    head_size = _head_size(config)
+    head_size = head_dim(config)
     if head_size % 16:
         # The builder always emits GroupQueryAttention, whose CPU kernel rejects such heads at run time.
         raise EdgesftError(
@@ -581,7 +582,7 @@ def write_genai_config(folder: Path, model_dir: Path, onnx_file: str, context_le
             "decoder": {
                 "session_options": {"log_id": "onnxruntime-genai", "provider_options": []},
                 "filename": onnx_file,
-                "head_size": _head_size(config),
+                "head_size": head_dim(config),
                 "hidden_size": int(config["hidden_size"]),
                 "inputs": inputs,
                 "outputs": {
@@ -666,19 +667,11 @@ def _model_config(model_dir: Path) -> dict[str, Any]:
     return config
 
 
-def _head_size(config: dict[str, Any]) -> int:
-    head_dim = config.get("head_dim")
-    return int(head_dim) if head_dim else int(config["hidden_size"]) // int(config["num_attention_heads"])
-
-
 def _eos_ids(model_dir: Path, config: dict[str, Any]) -> list[int]:
-    for source in (read_json(model_dir / "generation_config.json") or {}, config):
-        eos = source.get("eos_token_id")
-        if isinstance(eos, int):
-            return [eos]
-        if isinstance(eos, list) and eos:
-            return [int(e) for e in eos]
-    return []
+    """generation_config.json's EOS ids, else config.json's."""
+    eos = config.get("eos_token_id")
+    fallback = [int(e) for e in eos] if isinstance(eos, list) else [eos] if isinstance(eos, int) else []
+    return generation_eos_ids(model_dir) or fallback
 
 
 def _tokenizer_ids(model_dir: Path) -> dict[str, int | None]:

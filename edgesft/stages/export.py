@@ -20,6 +20,7 @@ from edgesft.bundle import TEMPLATES, check_modelfile, fill, modelfile
 from edgesft.config import Recipe
 from edgesft.errors import EdgesftError
 from edgesft.io import atomic_write_text, link_or_copy, link_tree, sha256_file
+from edgesft.models import default_context_length, generation_eos_ids, head_dim
 from edgesft.pipeline import StageInputs, StageResult
 from edgesft.stages.verify import ARTIFACT_STAGES
 
@@ -81,13 +82,13 @@ def run(recipe: Recipe, inputs: StageInputs, out_dir: Path) -> StageResult:
     src_dir = inputs.stage_dir(source)
     tok = AutoTokenizer.from_pretrained(src_dir / inputs.info(source)["model"])
     config = json.loads((src_dir / inputs.info(source)["model"] / "config.json").read_text())
-    ctx = int(min(int(config.get("max_position_embeddings", 2048)), 4096))
+    ctx = default_context_length(config)
     ggufs = [e for e in entries if e["format"] == "gguf"]
     onnxs = [e for e in entries if e["format"] == "onnx"]
     gguf_name = (primary if primary["format"] == "gguf" else ggufs[0])["file"] if ggufs else None
     if gguf_name:
         stop_ids = sorted(
-            set([tok.eos_token_id] + list(_generation_eos(src_dir / inputs.info(source)["model"])))
+            set([tok.eos_token_id] + generation_eos_ids(src_dir / inputs.info(source)["model"]))
         )
         text = modelfile(
             gguf_name, tok, stop_ids, ctx, f"Ollama Modelfile made by edgesft {__version__} for {recipe.name}"
@@ -100,8 +101,7 @@ def run(recipe: Recipe, inputs: StageInputs, out_dir: Path) -> StageResult:
     if onnxs:
         shutil.copy2(TEMPLATES / "run_onnx.py", out_dir / "run_onnx.py")
     n_kv = int(config.get("num_key_value_heads") or config["num_attention_heads"])
-    hd = int(config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"])
-    kv_per_token = 2 * int(config["num_hidden_layers"]) * n_kv * hd * 2
+    kv_per_token = 2 * int(config["num_hidden_layers"]) * n_kv * head_dim(config) * 2
     quality = inputs.upstream[source].get("metrics", {})
     readme = fill(
         "README.md.tmpl",
@@ -137,14 +137,6 @@ def _primary(recipe: Recipe, entries: list[dict[str, Any]]) -> dict[str, Any]:
     raise EdgesftError(
         f"export.primary: {want!r} is not among the artifacts ({', '.join(e['file'] for e in entries)})"
     )
-
-
-def _generation_eos(model_dir: Path) -> list[int]:
-    try:
-        eos = json.loads((model_dir / "generation_config.json").read_text()).get("eos_token_id")
-    except (OSError, json.JSONDecodeError):
-        return []
-    return [int(e) for e in (eos if isinstance(eos, list) else [eos]) if e is not None]
 
 
 def _row(e: dict[str, Any]) -> str:

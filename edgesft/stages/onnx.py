@@ -33,10 +33,11 @@ def skip(recipe: Recipe, manifests: dict[str, dict[str, Any]]) -> str | None:
 def context_length(recipe: Recipe, src: Path) -> int:
     import json
 
+    from edgesft.models import default_context_length
+
     if recipe.export.onnx.context_length:
         return recipe.export.onnx.context_length
-    config = json.loads((src / "config.json").read_text())
-    return int(min(int(config.get("max_position_embeddings", 2048)), 4096))
+    return default_context_length(json.loads((src / "config.json").read_text()))
 
 
 def run(recipe: Recipe, inputs: StageInputs, out_dir: Path) -> StageResult:
