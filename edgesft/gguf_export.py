@@ -13,15 +13,16 @@ subprocess (:func:`edgesft.isolate.call`) because native code can crash on a giv
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edgesft.errors import EdgesftError
+from edgesft.io import atomic_file
 from edgesft.models import generation_eos_ids, head_dim
 
 # HF model_type -> (GGUF architecture, whether Q/K rows are permuted for llama.cpp's rotary layout).
@@ -87,6 +88,31 @@ def architecture(config: dict[str, Any]) -> tuple[str, bool]:
             "by the GGUF writer (default and linear are)"
         )
     return ARCHITECTURES[mtype]
+
+
+def _name_map(arch: str, n_layer: int) -> Any:
+    """The gguf package's HF -> GGUF tensor-name map for one of :data:`ARCHITECTURES`."""
+    import gguf
+
+    return gguf.get_tensor_name_map(
+        gguf.MODEL_ARCH.LLAMA if arch == "llama" else gguf.MODEL_ARCH.QWEN2, n_layer
+    )
+
+
+@contextmanager
+def _gguf_file(dest: Path, arch: str) -> Iterator[Any]:
+    """A GGUFWriter whose metadata and tensors the caller adds; written and renamed to ``dest`` on success."""
+    import gguf
+
+    with atomic_file(dest) as tmp:
+        writer = gguf.GGUFWriter(str(tmp), arch)
+        try:
+            yield writer
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_tensors_to_file()
+        finally:
+            writer.close()
 
 
 def permute_rows(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -209,13 +235,9 @@ def write_gguf(
     hd = head_dim(config)
     n_vocab = int(config["vocab_size"])
     tied = bool(config.get("tie_word_embeddings", False))
-    name_map = gguf.get_tensor_name_map(
-        gguf.MODEL_ARCH.LLAMA if arch == "llama" else gguf.MODEL_ARCH.QWEN2, n_layer
-    )
+    name_map = _name_map(arch, n_layer)
 
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    writer = gguf.GGUFWriter(str(tmp), arch)
-    try:
+    with _gguf_file(dest, arch) as writer:
         writer.add_type("model")
         writer.add_name(name or model_dir.name)
         writer.add_file_type(FLOAT_TYPES[float_type])
@@ -263,15 +285,6 @@ def write_gguf(
                 data = permute_rows(data, n_kv)
             _add_tensor(writer, gname, data, float_type)
             written[gname] = list(data.shape)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        os.replace(tmp, dest)
-    except BaseException:
-        writer.close()
-        tmp.unlink(missing_ok=True)
-        raise
     return {
         "architecture": arch,
         "float_type": float_type,
@@ -314,13 +327,10 @@ def imatrix_from_model(
     Returns ``{gguf tensor name: (sums float32[in_features], token count)}``. With tied embeddings the LM
     head's inputs are recorded under ``token_embd.weight``, the tensor llama.cpp multiplies there.
     """
-    import gguf
     import torch
 
     arch, _ = architecture(config)
-    name_map = gguf.get_tensor_name_map(
-        gguf.MODEL_ARCH.LLAMA if arch == "llama" else gguf.MODEL_ARCH.QWEN2, int(config["num_hidden_layers"])
-    )
+    name_map = _name_map(arch, int(config["num_hidden_layers"]))
     tied = bool(config.get("tie_word_embeddings", False))
     sums: dict[str, Any] = {}
     counts: dict[str, int] = {}
@@ -364,11 +374,7 @@ def imatrix_from_model(
 def write_imatrix(stats: dict[str, Any], dest: Path, dataset: str, chunk_size: int) -> None:
     """Save in llama.cpp's GGUF imatrix format (``<tensor>.in_sum2`` and ``<tensor>.counts``), so the file
     also works with ``llama-quantize --imatrix``."""
-    import gguf
-
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    writer = gguf.GGUFWriter(str(tmp), arch="imatrix")  # arch key is not read for imatrix files
-    try:
+    with _gguf_file(dest, "imatrix") as writer:  # the arch key is not read for imatrix files
         writer.add_type("imatrix")
         writer.add_array("imatrix.datasets", [dataset])
         total = max((c for _, c in stats.values()), default=0)
@@ -378,15 +384,6 @@ def write_imatrix(stats: dict[str, Any], dest: Path, dataset: str, chunk_size: i
             s, c = stats[name]
             writer.add_tensor(f"{name}.in_sum2", s.reshape(1, -1).astype(np.float32))
             writer.add_tensor(f"{name}.counts", np.array([[float(c)]], dtype=np.float32))
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        os.replace(tmp, dest)
-    except BaseException:
-        writer.close()
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def read_imatrix(path: Path) -> dict[str, np.ndarray]:
@@ -454,16 +451,14 @@ def quantize(
         entries[len(data)].name = None  # the list ends at a null name
         keep.append(entries)
         params.imatrix = ctypes.cast(entries, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
-    tmp = str(Path(dest).with_name(f".{Path(dest).name}.{os.getpid()}.tmp"))
-    rc = llama_cpp.llama_model_quantize(src.encode(), tmp.encode(), ctypes.byref(params))
-    text = "".join(log)
-    if rc != 0:
-        Path(tmp).unlink(missing_ok=True)
-        lines = [ln for ln in text.splitlines() if ln.strip()]
-        raise EdgesftError(
-            f"llama.cpp quantization to {qtype} failed (rc {rc}): {lines[-1] if lines else ''}"
-        )
-    os.replace(tmp, dest)
+    with atomic_file(Path(dest)) as tmp:
+        rc = llama_cpp.llama_model_quantize(src.encode(), str(tmp).encode(), ctypes.byref(params))
+        text = "".join(log)
+        if rc != 0:
+            lines = [ln for ln in text.splitlines() if ln.strip()]
+            raise EdgesftError(
+                f"llama.cpp quantization to {qtype} failed (rc {rc}): {lines[-1] if lines else ''}"
+            )
     fallbacks = [
         {
             "tensor": m["tensor"],

@@ -93,6 +93,19 @@ def read_json(path: Path) -> Any | None:
 
 
 @contextlib.contextmanager
+def atomic_file(dest: Path) -> Iterator[Path]:
+    """Yield a temp path beside ``dest`` for a writer that takes a file name (a native library, a file
+    format writer); on success it replaces ``dest`` in one rename, on failure it is removed."""
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, dest)
+
+
+@contextlib.contextmanager
 def atomic_dir(dest: Path) -> Iterator[Path]:
     """Yield a temp folder beside ``dest``; on success it replaces ``dest`` in one rename.
 
