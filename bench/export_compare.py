@@ -51,7 +51,7 @@ def main() -> None:
     from edgesft.onnx_export import build_variant, export_fp32
     from edgesft.runtimes.torch_rt import TorchArtifact
     from edgesft.stages.prune import calibration_batches
-    from edgesft.verify import build_request, verify_artifact
+    from edgesft.verify import Reference, build_request, verify_artifact
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -108,7 +108,7 @@ def main() -> None:
         arts[name] = {"path": dest, "precision": "int4"}
 
     # ---- quality: parity against the fp32 model
-    ref = TorchArtifact(base, threads=args.threads)
+    ref = Reference(TorchArtifact(base, threads=args.threads), work / "reference")
     cfg = VerifyConfig(prompts=16, generate_prompts=2, generate_tokens=32)
     request = build_request(ref.tok, val, cfg)
     for name, a in arts.items():

@@ -26,6 +26,7 @@ import numpy as np
 from edgesft.chat import encode_conversation, prompt_and_answer, render
 from edgesft.config import ParityLimits, VerifyConfig
 from edgesft.data import Row
+from edgesft.io import sha256_json
 from edgesft.isolate import IsolatedFailure, call
 
 PROBE_TEXTS = [
@@ -117,6 +118,39 @@ def probe(
     out["generations"] = [art.generate(ids, max_new_tokens) for ids in req["prompts"]]
     art.close()
     return out
+
+
+# --------------------------------------------------------------------------------------------------------
+# The reference
+
+
+class Reference:
+    """The PyTorch model every artifact is compared with, answering each question once per set of checks:
+    teacher-forced logits are kept as .npy files in ``cache_dir`` (they are large), greedy continuations in
+    memory. Everything else is the wrapped model's."""
+
+    def __init__(self, model: Any, cache_dir: Path):
+        self.model = model
+        self.cache_dir = cache_dir
+        self._generations: dict[tuple[tuple[int, ...], int], tuple[list[int], list[float]]] = {}
+
+    def __getattr__(self, name: str) -> Any:  # tok, eos_ids, render_chat, detokenize
+        return getattr(self.model, name)
+
+    def logits(self, ids: list[int]) -> Any:
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        path = self.cache_dir / f"{sha256_json(ids)[:24]}.npy"
+        if path.is_file():
+            return np.load(path)
+        out = self.model.logits(ids)
+        np.save(path, out)
+        return out
+
+    def generate_with_margins(self, ids: list[int], max_new_tokens: int) -> tuple[list[int], list[float]]:
+        key = (tuple(ids), max_new_tokens)
+        if key not in self._generations:
+            self._generations[key] = self.model.generate_with_margins(ids, max_new_tokens)
+        return self._generations[key]
 
 
 # --------------------------------------------------------------------------------------------------------

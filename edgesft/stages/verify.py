@@ -18,7 +18,7 @@ from edgesft.data import load_rows
 from edgesft.errors import QualityGateError
 from edgesft.io import atomic_write_json
 from edgesft.pipeline import StageInputs, StageResult
-from edgesft.verify import build_request, default_threads, verify_artifact
+from edgesft.verify import Reference, build_request, default_threads, verify_artifact
 
 ARTIFACT_STAGES = ("gguf", "onnx")
 
@@ -53,7 +53,8 @@ def run(recipe: Recipe, inputs: StageInputs, out_dir: Path) -> StageResult:
             f"stage verify: artifacts come from different model stages ({sorted(sources)})"
         )
     source = sources.pop()
-    reference = TorchArtifact(inputs.stage_dir(source) / inputs.info(source)["model"], threads=threads)
+    model = TorchArtifact(inputs.stage_dir(source) / inputs.info(source)["model"], threads=threads)
+    reference = Reference(model, inputs.work_dir / "reference")
     data_dir = inputs.stage_dir("data")
     rows = load_rows(data_dir / "val.jsonl") or load_rows(data_dir / "train.jsonl")
     request = build_request(reference.tok, rows, cfg)
