@@ -69,6 +69,16 @@ def make_model(folder: Path, arch: str = "llama", **overrides: Any) -> Path:
     return folder
 
 
+def make_variant(
+    fp32: Path | None, model_dir: Path, out: Path, calibration: list[list[int]] | None = None, **fields: Any
+) -> dict[str, Any]:
+    """``build_variant`` at the test context length, quietly; ``fields`` make the OnnxVariant."""
+    return build_variant(
+        fp32, model_dir, out, OnnxVariant(**fields), context_length=CONTEXT, calibration=calibration,
+        log=lambda _: None,
+    )  # fmt: skip
+
+
 def torch_logits(model_dir: Path, ids: list[int]) -> np.ndarray:
     from transformers import AutoModelForCausalLM
 
@@ -121,18 +131,9 @@ def variant(tiny: dict[str, Any]) -> Callable[..., tuple[Path, dict[str, Any]]]:
 
     def build(name: str, **fields: Any) -> tuple[Path, dict[str, Any]]:
         if name not in built:
-            v = OnnxVariant(name=name, **fields)
             out = tiny["root"] / "variants" / name
             calibration = [tiny["ids"], tiny["tok"]("Hello world, 1 2 3")["input_ids"]]
-            figures = build_variant(
-                tiny["fp32"],
-                tiny["model_dir"],
-                out,
-                v,
-                context_length=CONTEXT,
-                calibration=calibration,
-                log=lambda _: None,
-            )
+            figures = make_variant(tiny["fp32"], tiny["model_dir"], out, calibration, name=name, **fields)
             built[name] = (out, figures)
         return built[name]
 
@@ -276,15 +277,7 @@ def test_other_shapes_match_torch(tmp_path: Path, arch: str, overrides: dict[str
     model_dir = make_model(tmp_path / "hf", arch=arch, **overrides)
     export_fp32(model_dir, tmp_path / "fp32")
     out = tmp_path / "v"
-    build_variant(
-        tmp_path / "fp32",
-        model_dir,
-        out,
-        OnnxVariant(name="v", precision="fp32"),
-        context_length=CONTEXT,
-        calibration=None,
-        log=lambda _: None,
-    )
+    make_variant(tmp_path / "fp32", model_dir, out, name="v", precision="fp32")
     config = json.loads((out / "genai_config.json").read_text())
     assert config["model"]["decoder"]["head_size"] == overrides.get("head_dim", 16)
     assert config["model"]["decoder"]["num_key_value_heads"] == overrides["num_key_value_heads"]
@@ -323,15 +316,7 @@ def test_genai_builder_pruned_head_dim(tmp_path: Path) -> None:
         tmp_path / "hf", num_attention_heads=3, num_key_value_heads=1, head_dim=16, intermediate_size=96
     )
     out = tmp_path / "b"
-    build_variant(
-        None,
-        model_dir,
-        out,
-        OnnxVariant(name="b", exporter="genai_builder", precision="fp32"),
-        context_length=CONTEXT,
-        calibration=None,
-        log=lambda _: None,
-    )
+    make_variant(None, model_dir, out, name="b", exporter="genai_builder", precision="fp32")
     ids = list(range(100, 120))
     art = OnnxArtifact(out)
     try:
@@ -348,15 +333,7 @@ def test_genai_builder_pruned_head_dim(tmp_path: Path) -> None:
     # GroupQueryAttention on CPU needs head_dim % 16 == 0: refused before the builder runs.
     odd = make_model(tmp_path / "odd", num_key_value_heads=1, head_dim=24)
     with pytest.raises(EdgesftError, match="head_dim 24"):
-        build_variant(
-            None,
-            odd,
-            tmp_path / "o",
-            OnnxVariant(name="o", exporter="genai_builder", precision="int4"),
-            context_length=CONTEXT,
-            calibration=None,
-            log=lambda _: None,
-        )
+        make_variant(None, odd, tmp_path / "o", name="o", exporter="genai_builder", precision="int4")
 
 
 def test_builder_failure_is_one_line_and_leaves_nothing(tmp_path: Path, tiny: dict[str, Any]) -> None:
@@ -367,15 +344,7 @@ def test_builder_failure_is_one_line_and_leaves_nothing(tmp_path: Path, tiny: di
     (broken / "config.json").write_text(json.dumps(config))
     out = tmp_path / "out"
     with pytest.raises(EdgesftError, match=r"export\.onnx\.variants\[b\]: .*builder failed") as err:
-        build_variant(
-            None,
-            broken,
-            out,
-            OnnxVariant(name="b", exporter="genai_builder", precision="int4"),
-            context_length=CONTEXT,
-            calibration=None,
-            log=lambda _: None,
-        )
+        make_variant(None, broken, out, name="b", exporter="genai_builder", precision="int4")
     assert "\n" not in str(err.value) and "not currently supported" in str(err.value)
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
 
@@ -383,23 +352,9 @@ def test_builder_failure_is_one_line_and_leaves_nothing(tmp_path: Path, tiny: di
 def test_builder_rejects_what_it_cannot_make(tmp_path: Path, tiny: dict[str, Any]) -> None:
     for fields in ({"precision": "int8"}, {"precision": "int4", "algorithm": "gptq"}):
         with pytest.raises(EdgesftError, match=r"export\.onnx\.variants\[b\]"):
-            build_variant(
-                None,
-                tiny["model_dir"],
-                tmp_path / "b",
-                OnnxVariant(name="b", exporter="genai_builder", **fields),
-                context_length=CONTEXT,
-                calibration=None,
-                log=lambda _: None,
+            make_variant(
+                None, tiny["model_dir"], tmp_path / "b", name="b", exporter="genai_builder", **fields
             )
     with pytest.raises(EdgesftError, match="gptq needs calibration"):
-        build_variant(
-            tiny["fp32"],
-            tiny["model_dir"],
-            tmp_path / "g",
-            OnnxVariant(name="g", algorithm="gptq"),
-            context_length=CONTEXT,
-            calibration=None,
-            log=lambda _: None,
-        )
+        make_variant(tiny["fp32"], tiny["model_dir"], tmp_path / "g", name="g", algorithm="gptq")
     assert not (tmp_path / "b").exists() and not (tmp_path / "g").exists()
