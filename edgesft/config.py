@@ -494,6 +494,74 @@ class ExportConfig(_Section):
     first GGUF quant)."""
 
 
+class BenchLatency(_Section):
+    """Latency and footprint of every artifact, each in its own runtime in a child process."""
+
+    threads: int | None = Field(None, ge=1, le=512)
+    """Threads every runtime uses (default: the machine's physical cores)."""
+    prompt_lengths: list[int] = Field(default_factory=lambda: [128, 512])
+    """Prompt lengths (tokens) whose time to first token and prefill speed are measured."""
+    decode_depths: list[int] = Field(default_factory=lambda: [0, 512])
+    """Context depths (tokens already in the KV cache) at which decode speed is measured."""
+    decode_tokens: int = Field(32, ge=4, le=4096)
+    """Tokens decoded per timed decode run."""
+    warmup: int = Field(1, ge=0, le=100)
+    """Untimed runs before timing."""
+    repeats: int = Field(5, ge=1, le=1000)
+    """Timed runs per figure (median, min and max are reported)."""
+
+
+class BenchQuality(_Section):
+    """Quality of every artifact in its own runtime, on the same rows for all."""
+
+    test_rows: int | None = Field(100, ge=1)
+    """Test rows answered greedily per artifact for the task metrics (null: the whole test split)."""
+    val_rows: int | None = Field(48, ge=1)
+    """Validation rows scored teacher-forced for perplexity and KL divergence (null: all)."""
+    max_new_tokens: int | None = Field(None, ge=1, le=4096)
+    """Answer length limit (default: eval.max_new_tokens)."""
+
+
+class CheckConfig(_Section):
+    """`edgesft check`: what counts as a regression against a baseline."""
+
+    artifacts: list[str] | None = None
+    """Artifacts whose latency is gated (keys such as `gguf/phone-Q4_K_M.gguf`; default: the bundle's
+    primary artifact)."""
+    allowed_slowdown: float = Field(0.10, ge=0.0, le=10.0)
+    """Largest decode slowdown tolerated: fail only when the whole 95% interval of the time ratio lies above
+    1 + this."""
+    rounds: int = Field(12, ge=4, le=1000)
+    """Interleaved timing rounds (A B B A ...)."""
+    decode_tokens: int = Field(32, ge=4, le=4096)
+    """Tokens decoded per timed round."""
+    size_tolerance: float = Field(0.01, ge=0.0)
+    """Largest relative growth of an artifact's file size."""
+    quality_tolerance: float = Field(2.0, ge=0.0)
+    """Largest drop of a task metric, in percentage points."""
+    kl_tolerance: float = Field(0.02, ge=0.0)
+    """Largest rise of an artifact's KL divergence (nats)."""
+    perplexity_tolerance: float = Field(0.05, ge=0.0)
+    """Largest relative rise of an artifact's validation perplexity."""
+
+
+class BenchConfig(_Section):
+    """The bench stage: latency, footprint and quality of every artifact, and the run's report."""
+
+    enabled: bool = True
+    """Run the bench stage."""
+    torch: bool = True
+    """Also measure the float PyTorch models (merged and, after pruning, pruned) as baselines."""
+    latency: BenchLatency = Field(default_factory=lambda: BenchLatency())
+    """Latency settings."""
+    quality: BenchQuality = Field(default_factory=lambda: BenchQuality())
+    """Quality settings."""
+    check: CheckConfig = Field(default_factory=lambda: CheckConfig())
+    """Regression gate settings (`edgesft check`)."""
+    timeout_s: int = Field(900, ge=10)
+    """Time limit for one artifact's benchmark subprocess."""
+
+
 class Recipe(_Section):
     """A whole pipeline: the stage sections together."""
 
@@ -517,6 +585,8 @@ class Recipe(_Section):
     """Structured pruning and healing."""
     export: ExportConfig = Field(default_factory=lambda: ExportConfig())
     """GGUF and ONNX artifacts, their verification, and the deployment bundle."""
+    bench: BenchConfig = Field(default_factory=lambda: BenchConfig())
+    """Latency, footprint and quality of every artifact; the report; the CI gate."""
 
     # Set by the loader, not by the YAML: where relative data paths are resolved from.
     _base_dir: Path = Path(".")

@@ -270,6 +270,13 @@ def load_stage_model(stage_dir: Path, manifest: dict[str, Any]) -> tuple[Any, An
     return model, tok
 
 
+def _is_exported(path: Path) -> bool:
+    """A GGUF file or an ONNX folder: evaluated in its own runtime, in a child process."""
+    return (path.is_file() and path.suffix == ".gguf") or (
+        path.is_dir() and (path / "genai_config.json").is_file()
+    )
+
+
 def evaluate_target(
     target: str,
     data_file: Path,
@@ -297,6 +304,24 @@ def evaluate_target(
     if not rows:
         raise EdgesftError(f"--data: {data_file} holds no rows")
     path = Path(target)
+    if _is_exported(path):
+        from edgesft.benchmark import default_threads
+        from edgesft.isolate import call
+
+        got = call(
+            "edgesft.benchmark:eval_artifact",
+            {
+                "artifact": str(path),
+                "data_file": str(data_file),
+                "task": task,
+                "max_rows": max_rows,
+                "max_new_tokens": max_new_tokens,
+                "threads": default_threads(),
+            },
+            timeout=24 * 3600,
+        )
+        kind = "gguf" if path.suffix == ".gguf" else "onnx"
+        return {"target": target, "kind": kind, "data": str(data_file), **got}
     manifest = read_json(path / "manifest.json") if path.is_dir() else None
     if isinstance(manifest, dict):
         model, tok = load_stage_model(path, manifest)

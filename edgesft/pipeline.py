@@ -137,7 +137,8 @@ def library_versions() -> dict[str, str]:
 GATE_FIELDS = (
     "max_quality_drop",
     "allow_failures",
-)  # limits checked on recorded figures: not part of any cache key
+    "check",
+)  # limits checked on recorded figures (bench.check: by `edgesft check`): not part of any cache key
 
 
 def stage_config(recipe: Recipe, spec: StageSpec) -> dict[str, Any]:

@@ -36,8 +36,10 @@ def write_recipe(folder: Path, **sections: Any) -> Path:
             "early_stopping_patience": None,
         },
         "eval": {"max_new_tokens": 16, "max_rows": 4, "evaluate_base": False},
-        # export stages are tested on their own (test_gguf, test_onnx_export, test_export)
+        # export and bench stages are tested on their own (test_gguf, test_onnx_export, test_export) and in
+        # the ci-smoke end-to-end test
         "export": {"gguf": {"enabled": False}, "onnx": {"enabled": False}},
+        "bench": {"enabled": False},
     }
     for key, value in sections.items():
         if isinstance(value, dict) and isinstance(recipe.get(key), dict):

@@ -175,6 +175,24 @@ def test_ci_smoke_recipe_end_to_end_then_all_cache_hits(tmp_path: Path) -> None:
     assert set(verify) == {"gguf/ci-smoke-Q4_K_M.gguf", "onnx/int4"}
     assert all(r["status"] == "passed" for r in verify.values())
     assert (tmp_path / "ci-smoke" / "export" / "Modelfile").is_file()
+    bench = json.loads((tmp_path / "ci-smoke" / "bench" / "bench.json").read_text())
+    assert set(bench["artifacts"]) == {
+        "torch/merge",
+        "torch/prune",
+        "gguf/ci-smoke-Q4_K_M.gguf",
+        "onnx/int4",
+    }
+    for key, rec in bench["artifacts"].items():
+        assert rec["status"] == "ok", (key, rec.get("error"))
+        assert rec["latency"]["decode"]["0"]["tok_s"]["median"] > 0
+        assert rec["latency"]["prefill"]["512"]["tok_s"]["n"] == 3
+        assert 0 < rec["bandwidth"]["bound"]["0"]["fraction"]
+        assert rec["quality"]["test"]["n"] == 16 and rec["quality"]["val_perplexity"] > 1
+    assert bench["artifacts"]["torch/merge"]["quality"]["kl_mean"] == pytest.approx(0.0, abs=1e-6)
+    assert "report: " in first.stdout
+    report = json.loads((tmp_path / "ci-smoke" / "report" / "report.json").read_text())
+    assert report["run"] == "ci-smoke" and report["pareto"]
+    assert (tmp_path / "ci-smoke" / "report" / "report.html").stat().st_size > 10_000
     second = _cli(["run", "recipes/ci-smoke.yaml", "--root", str(tmp_path)])
     assert second.returncode == 0
-    assert second.stdout.count("cache hit") == 8 and "running" not in second.stdout
+    assert second.stdout.count("cache hit") == 9 and "running" not in second.stdout

@@ -1,7 +1,7 @@
 """Artifact runtimes: one small class per runtime with the same methods, used by verification, chat and bench.
 
 Every runtime is native code that can crash on a given CPU (see the llama.cpp note in the README), so
-callers run these classes inside a subprocess (:mod:`edgesft.runtimes.worker`) and never import them in the
+callers run these classes inside a subprocess (:mod:`edgesft.isolate`) and never import them in the
 pipeline's own process.
 """
 
@@ -47,18 +47,22 @@ def artifact_kind(path: Path) -> str:
     if path.is_dir():
         if (path / "genai_config.json").is_file() or any(path.glob("*.onnx")):
             return "onnx"
-        if (path / "config.json").is_file():
-            return "torch"
+        if (path / "config.json").is_file() or (path / "model" / "config.json").is_file():
+            return "torch"  # a model folder, or a stage folder holding model/ and tokenizer/
     raise EdgesftError(f"{path}: not an artifact (a .gguf file, an ONNX folder or a model folder)")
 
 
-def open_artifact(path: Path, threads: int | None = None) -> Artifact:
-    """Open an artifact in this process (callers that must survive a crash use the worker instead)."""
+def open_artifact(path: Path, threads: int | None = None, all_logits: bool = True) -> Artifact:
+    """Open an artifact in this process (callers that must survive a crash use :mod:`edgesft.isolate`).
+
+    ``all_logits=False``: llama.cpp computes only the last position's logits, as an application does (a
+    prefill that also projects every position onto the vocabulary is slower); :meth:`Artifact.logits` then
+    does not work for GGUF files. The other runtimes ignore it."""
     kind = artifact_kind(path)
     if kind == "gguf":
         from edgesft.runtimes.llamacpp import LlamaCppArtifact
 
-        return LlamaCppArtifact(path, threads=threads)
+        return LlamaCppArtifact(path, threads=threads, logits_all=all_logits)
     if kind == "onnx":
         from edgesft.runtimes.onnx_rt import OnnxArtifact
 

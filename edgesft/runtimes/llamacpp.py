@@ -14,7 +14,9 @@ class LlamaCppArtifact:
 
     kind = "gguf"
 
-    def __init__(self, path: Path, threads: int | None = None, n_ctx: int = 2048):
+    def __init__(self, path: Path, threads: int | None = None, n_ctx: int = 2048, logits_all: bool = True):
+        """``logits_all=False`` keeps only the last position's logits, as an application would run it (bench
+        times that; teacher-forced :meth:`logits` needs ``True``)."""
         from llama_cpp import Llama
 
         self.path = Path(path)
@@ -25,7 +27,7 @@ class LlamaCppArtifact:
             n_batch=512,
             n_threads=n,
             n_threads_batch=n,
-            logits_all=True,
+            logits_all=logits_all,
             verbose=False,
         )
         self._vocab = self.llm._model.vocab
@@ -52,12 +54,19 @@ class LlamaCppArtifact:
         self.llm.eval(ids)
         out: list[int] = []
         for _ in range(max_new_tokens):
-            nxt = int(np.argmax(self.llm.scores[self.llm.n_tokens - 1]))
+            nxt = int(np.argmax(self.last_logits()))
             out.append(nxt)
             if llama_cpp.llama_vocab_is_eog(self._vocab, nxt):
                 break
             self.llm.eval([nxt])
         return out
+
+    def last_logits(self) -> Any:
+        """Logits of the last evaluated position (a view into llama.cpp's buffer: use before the next eval).
+        Without ``logits_all`` llama-cpp-python stores no scores, so they are read from the context."""
+        if self.llm._logits_all:
+            return self.llm.scores[self.llm.n_tokens - 1]
+        return np.ctypeslib.as_array(self.llm._ctx.get_logits_ith(-1), shape=(self.llm.n_vocab(),))
 
     def prefill(self, ids: list[int]) -> None:
         """Process a prompt into a fresh KV cache (bench uses it for time to first token)."""

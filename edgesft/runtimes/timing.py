@@ -21,7 +21,7 @@ def _gguf_run(art: Any, ids: list[int], n: int) -> tuple[float, float, int]:
     decode = 0.0
     steps = 0
     for _ in range(n):
-        nxt = int(np.argmax(art.llm.scores[art.llm.n_tokens - 1]))
+        nxt = int(np.argmax(art.last_logits()))
         t1 = time.perf_counter()
         art.llm.eval([nxt])
         decode += time.perf_counter() - t1
@@ -64,6 +64,13 @@ def _torch_run(art: Any, ids: list[int], n: int) -> tuple[float, float, int]:
     return prefill, decode, n
 
 
+def timed_run(art: Any, ids: list[int], new_tokens: int) -> tuple[float, float, int]:
+    """One prefill of ``ids`` into a fresh KV cache, then ``new_tokens`` greedy decode steps on an open
+    artifact: (prefill seconds, decode seconds, decode steps taken)."""
+    run = {"gguf": _gguf_run, "onnx": _onnx_run, "torch": _torch_run}[art.kind]
+    return run(art, ids, new_tokens)
+
+
 def time_decode(
     artifact: str, prompt: list[int], new_tokens: int, repeats: int, threads: int
 ) -> dict[str, Any]:
@@ -73,11 +80,10 @@ def time_decode(
     t0 = time.perf_counter()
     art = open_artifact(Path(artifact), threads=threads)
     load = time.perf_counter() - t0
-    run = {"gguf": _gguf_run, "onnx": _onnx_run, "torch": _torch_run}[art.kind]
-    run(art, prompt, min(8, new_tokens))  # warm-up
+    timed_run(art, prompt, min(8, new_tokens))  # warm-up
     prefill_s, decode_tok_s = [], []
     for _ in range(repeats):
-        p, d, steps = run(art, prompt, new_tokens)
+        p, d, steps = timed_run(art, prompt, new_tokens)
         prefill_s.append(p)
         decode_tok_s.append(steps / d if d > 0 else 0.0)
     art.close()

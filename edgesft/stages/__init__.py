@@ -1,13 +1,10 @@
-"""The stage registry: name -> entry point, in pipeline order.
-
-Later stages (bench) register here the same way.
-"""
+"""The stage registry: name -> entry point, in pipeline order."""
 
 from __future__ import annotations
 
 from edgesft.pipeline import StageSpec
 from edgesft.quality import gate_for
-from edgesft.stages import data, export, gguf, merge, onnx, prune, train, verify
+from edgesft.stages import bench, data, export, gguf, merge, onnx, prune, train, verify
 
 STAGES: dict[str, StageSpec] = {
     "data": StageSpec(
@@ -69,5 +66,12 @@ STAGES: dict[str, StageSpec] = {
         sections=("name", "export.primary"),
         skip=export.skip,
         description="deployment bundle: artifacts, manifest with sha256, Ollama Modelfile, README, runners",
+    ),
+    "bench": StageSpec(
+        name="bench",
+        run=bench.run,
+        sections=("data", "eval", "bench"),
+        skip=bench.skip,
+        description="latency, memory and quality of every artifact in its own runtime; the run's report",
     ),
 }

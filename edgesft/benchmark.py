@@ -1,0 +1,447 @@
+"""Latency, footprint and quality of one artifact in its own runtime (run :func:`bench_artifact` in a child).
+
+Latency follows llama-bench's split: time to first token and prefill speed at fixed prompt lengths, decode
+speed at fixed context depths (the KV cache already holds that many tokens). Prompts are token ids made
+before any clock starts, and the next token is the argmax outside the timed region (see
+:mod:`edgesft.runtimes.timing`), so tokenization and sampling are excluded. Every figure is warm-up runs, then
+``repeats`` timed runs, reported as median, min, max and n.
+
+Memory: the child's resident set before the artifact is opened and its peak after the timed runs (the
+quality pass afterwards allocates logits and would inflate it).
+
+The bandwidth bound: a decode step must read every weight the step uses once (all layers, the LM head; an
+untied input embedding only one row) plus the KV cache at that depth, so decode tokens/s can at best be
+memory read bandwidth / bytes per token; :func:`memory_bandwidth` measures that bandwidth here.
+
+Quality, on the same rows for every artifact: answer perplexity and KL divergence against the tuned fp32
+model, teacher-forced on validation rows tokenized once by the HF tokenizer (verify has proved every
+artifact's tokenizer gives the same ids), and task metrics from greedy answers to test rows, prompted with
+the artifact's own chat template: what a user of the device gets.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# A long neutral paragraph, tokenized by each artifact and repeated to the prompt length (any text works:
+# speed does not depend on which tokens they are).
+FILLER = (
+    "The committee met on Tuesday morning to review the quarterly figures, the hiring plan and the new "
+    "office layout. Most of the discussion concerned delivery dates for the mobile release, which depend on "
+    "the translation work and on two outside vendors. "
+)
+
+
+def stats(values: list[float]) -> dict[str, Any]:
+    """Median, min, max and count of a list of timings."""
+    return {
+        "median": float(statistics.median(values)),
+        "min": float(min(values)),
+        "max": float(max(values)),
+        "n": len(values),
+    }
+
+
+def _status_mb(field: str) -> float:
+    with open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024.0
+    return 0.0
+
+
+def rss_mb() -> float:
+    """This process's resident set now (MiB)."""
+    return _status_mb("VmRSS")
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set so far (MiB). VmHWM, not getrusage's ru_maxrss: Linux carries a
+    parent's larger ru_maxrss over fork and exec, so a child started by a big pipeline would report the
+    parent's peak."""
+    return _status_mb("VmHWM")
+
+
+# --------------------------------------------------------------------------------------------------------
+# Machine
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, physical cores, logical CPUs and memory of this machine, read from /proc (Linux).
+
+    Physical cores are the distinct (physical id, core id) pairs of /proc/cpuinfo; where the kernel does not
+    list them (some VMs and ARM boards) the logical count stands in. Memory is in GB (10^9 bytes).
+    """
+    logical = os.cpu_count()
+    cpu_model: str | None = None
+    cores: set[tuple[str, str]] = set()
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        cpuinfo = ""
+    for block in cpuinfo.split("\n\n"):
+        fields = {}
+        for line in block.splitlines():
+            key, sep, value = line.partition(":")
+            if sep:
+                fields[key.strip()] = value.strip()
+        cpu_model = cpu_model or fields.get("model name") or fields.get("Hardware")
+        if "physical id" in fields and "core id" in fields:
+            cores.add((fields["physical id"], fields["core id"]))
+    memory_gb = None
+    try:
+        for line in Path("/proc/meminfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("MemTotal:"):
+                memory_gb = round(int(line.split()[1]) * 1024 / 1e9, 2)
+    except (OSError, ValueError, IndexError):
+        pass
+    return {
+        "cpu_model": cpu_model or platform.processor() or None,
+        "physical_cores": len(cores) or logical,
+        "logical_cpus": logical,
+        "memory_gb": memory_gb,
+    }
+
+
+def default_threads() -> int:
+    """Physical cores: hyper-threads share a core's load/store units and slow memory-bound decode down."""
+    return int(machine_info()["physical_cores"])
+
+
+def memory_bandwidth(threads: int, mib: int = 512, repeats: int = 7) -> float:
+    """Memory read bandwidth (GB/s): best of ``repeats`` sums over a ``mib`` MiB buffer with ``threads``
+    threads (best, because the bound it feeds is an upper bound). The buffer is far larger than any cache
+    this kind of machine has; torch's vectorized reduction is read-bound at this size."""
+    import torch
+
+    torch.set_num_threads(threads)
+    x = torch.ones(mib * 1024 * 1024 // 4, dtype=torch.float32)
+    x.sum()  # page in, warm up the thread pool
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        x.sum()
+        best = min(best, time.perf_counter() - t0)
+    return x.numel() * 4 / best / 1e9
+
+
+# --------------------------------------------------------------------------------------------------------
+# Bytes a decode step reads
+
+
+def weight_bytes(path: Path) -> int:
+    """Bytes of weights one decode step reads: every tensor, except that an input embedding separate from the
+    LM head is read one row at a time (so not counted)."""
+    from edgesft.runtimes import artifact_kind
+
+    kind = artifact_kind(path)
+    if kind == "gguf":
+        return _gguf_weight_bytes(path)
+    if kind == "onnx":
+        return _onnx_weight_bytes(path)
+    return _torch_weight_bytes(path)
+
+
+def _gguf_weight_bytes(path: Path) -> int:
+    from gguf import GGUFReader
+
+    tensors = {t.name: int(t.n_bytes) for t in GGUFReader(str(path)).tensors}
+    total = sum(tensors.values())
+    if "output.weight" in tensors:  # untied: token_embd is only looked up
+        total -= tensors.get("token_embd.weight", 0)
+    return total
+
+
+def _onnx_weight_bytes(folder: Path) -> int:
+    import onnx
+    from onnx import TensorProto, helper
+
+    genai = json.loads((folder / "genai_config.json").read_text())
+    model = onnx.load(
+        str(folder / genai["model"]["decoder"].get("filename", "model.onnx")), load_external_data=False
+    )
+    graph = model.graph
+    sizes: dict[str, int] = {}
+    for init in graph.initializer:
+        external = {e.key: e.value for e in init.external_data}
+        if init.data_location == TensorProto.EXTERNAL and "length" in external:
+            sizes[init.name] = int(external["length"])
+        elif init.raw_data:
+            sizes[init.name] = len(init.raw_data)
+        else:
+            n = int(np.prod(init.dims)) if init.dims else 1
+            sizes[init.name] = n * np.dtype(helper.tensor_dtype_to_np_dtype(init.data_type)).itemsize
+    users: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            users[name] = users.get(name, 0) + 1
+    total = sum(sizes.values())
+    # The embedding lookup: the Gather (or GatherBlockQuantized) fed by input_ids. Its table, when nothing
+    # else reads it (an untied or separately quantized LM head), is read one row per token.
+    for node in graph.node:
+        if node.op_type.startswith("Gather") and "input_ids" in node.input:
+            for name in node.input:
+                if name in sizes and users.get(name) == 1:
+                    total -= sizes[name]
+    return total
+
+
+def _torch_weight_bytes(path: Path) -> int:
+    from safetensors import safe_open
+
+    from edgesft.runtimes.torch_rt import model_and_tokenizer_dirs
+
+    model_dir, _ = model_and_tokenizer_dirs(path)
+    config = json.loads((model_dir / "config.json").read_text())
+    total, embed = 0, 0
+    for f in sorted(model_dir.glob("*.safetensors")):
+        with safe_open(str(f), framework="np") as st:
+            for name in st.keys():  # noqa: SIM118 (safe_open is not iterable)
+                sl = st.get_slice(name)
+                n = int(np.prod(sl.get_shape())) * 4  # loaded as fp32
+                total += n
+                if name.endswith("embed_tokens.weight"):
+                    embed = n
+    # Tied: the file stores the matrix once and the LM head reads all of it. Untied: the lookup reads a row.
+    return total if config.get("tie_word_embeddings", False) else total - embed
+
+
+def kv_bytes_per_position(config: dict[str, Any], element_bytes: int) -> int:
+    """KV cache bytes per token of context: keys and values of every layer."""
+    from edgesft.models import head_dim
+
+    kv_heads = int(config.get("num_key_value_heads") or config["num_attention_heads"])
+    return 2 * int(config["num_hidden_layers"]) * kv_heads * head_dim(config) * element_bytes
+
+
+def kv_element_bytes(path: Path) -> int:
+    """Bytes per cached key/value element: llama.cpp's default F16 cache, the ONNX graph's past-KV input
+    type, fp32 for PyTorch."""
+    from edgesft.runtimes import artifact_kind
+
+    kind = artifact_kind(path)
+    if kind == "gguf":
+        return 2
+    if kind == "torch":
+        return 4
+    import onnx
+
+    genai = json.loads((path / "genai_config.json").read_text())
+    model = onnx.load(
+        str(path / genai["model"]["decoder"].get("filename", "model.onnx")), load_external_data=False
+    )
+    for inp in model.graph.input:
+        if inp.name.startswith("past_key_values"):
+            return 2 if inp.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16 else 4
+    return 4
+
+
+# --------------------------------------------------------------------------------------------------------
+# In the child process
+
+
+def _prompt(art: Any, length: int) -> list[int]:
+    ids: list[int] = []
+    chunk = art.tokenize(FILLER)
+    while len(ids) < length:
+        ids.extend(chunk)
+    return ids[:length]
+
+
+def measure_latency(art: Any, cfg: dict[str, Any]) -> dict[str, Any]:
+    """Prefill at each prompt length, decode at each depth; warm-up runs first (``cfg``: BenchLatency)."""
+    from edgesft.runtimes.timing import timed_run
+
+    n = int(cfg["decode_tokens"])
+    lengths = [int(x) for x in cfg["prompt_lengths"]]
+    depths = [int(x) for x in cfg["decode_depths"]]
+    prompts = {length: _prompt(art, length) for length in set(lengths) | {max(d, 1) for d in depths}}
+    for _ in range(int(cfg["warmup"])):
+        for length in lengths:
+            timed_run(art, prompts[length], 0)
+        for d in depths:
+            timed_run(art, prompts[max(d, 1)], min(n, 8))
+    prefill: dict[int, list[float]] = {length: [] for length in lengths}
+    decode: dict[int, list[float]] = {d: [] for d in depths}
+    for _ in range(int(cfg["repeats"])):
+        for length in lengths:
+            p, _, _ = timed_run(art, prompts[length], 0)
+            prefill[length].append(p)
+        for d in depths:
+            _, seconds, steps = timed_run(art, prompts[max(d, 1)], n)
+            decode[d].append(steps / seconds if seconds > 0 else 0.0)
+    return {
+        "prefill": {
+            str(length): {"ttft_s": stats(t), "tok_s": stats([length / x for x in t])}
+            for length, t in prefill.items()
+        },
+        "decode": {str(d): {"tok_s": stats(v)} for d, v in decode.items()},
+    }
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    m = x.max(axis=-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
+
+
+def score(art: Any, sequences: list[dict[str, Any]], reference_dir: str | None) -> dict[str, Any]:
+    """Answer perplexity of teacher-forced ``sequences`` ({ids, positions, targets}); with reference log-probs
+    (``reference_dir/ref_<i>.npy``, rows at ``positions``): mean and p99 KL(reference || artifact) and top-1
+    agreement."""
+    nll, kls, agree = [], [], []
+    for i, seq in enumerate(sequences):
+        pos, targets = np.asarray(seq["positions"]), np.asarray(seq["targets"])
+        if pos.size == 0:
+            continue
+        lq = _log_softmax(np.asarray(art.logits(seq["ids"]))[pos])
+        nll.append(-lq[np.arange(pos.size), targets])
+        if reference_dir is not None:
+            lp = np.load(Path(reference_dir) / f"ref_{i}.npy").astype(np.float64)
+            width = min(lp.shape[1], lq.shape[1])  # a vocabulary padded for alignment has extra columns
+            lp_w, lq_w = lp[:, :width], lq[:, :width]
+            kls.append(np.maximum((np.exp(lp_w) * (lp_w - lq_w)).sum(-1), 0.0))
+            agree.append(lp_w.argmax(-1) == lq_w.argmax(-1))
+    out: dict[str, Any] = {"val_perplexity": None, "val_tokens": 0}
+    if nll:
+        all_nll = np.concatenate(nll)
+        out.update(val_perplexity=float(np.exp(min(all_nll.mean(), 50.0))), val_tokens=int(all_nll.size))
+    if kls:
+        kl = np.concatenate(kls)
+        out.update(
+            kl_mean=float(kl.mean()),
+            kl_p99=float(np.percentile(kl, 99)),
+            top1_agreement=float(np.concatenate(agree).mean()),
+        )
+    return out
+
+
+def answer_rows(
+    art: Any, rows: list[Any], task: str, max_new_tokens: int
+) -> tuple[dict[str, Any], list[str]]:
+    """Greedy answers in the artifact's runtime, prompted with its own chat template; task metrics."""
+    from edgesft.chat import prompt_and_answer
+    from edgesft.metrics import TASKS
+
+    stops = set(art.eos_ids())
+    answers = []
+    t0 = time.perf_counter()
+    tokens = 0
+    for row in rows:
+        prompt, _ = prompt_and_answer(row.messages)
+        new = art.generate(art.tokenize(art.render_chat(prompt, True)), max_new_tokens)
+        tokens += len(new)
+        if new and new[-1] in stops:
+            new = new[:-1]
+        answers.append(art.detokenize(new).strip())
+    refs = [prompt_and_answer(r.messages)[1] for r in rows]
+    metrics: dict[str, Any] = dict(TASKS[task](answers, refs))
+    metrics.update(generate_s=round(time.perf_counter() - t0, 2), generated_tokens=tokens)
+    return metrics, answers
+
+
+def _torch_answers(art: Any, rows: list[Any], task: str, max_new_tokens: int) -> dict[str, Any]:
+    """PyTorch's own way: batched ``generate``, as the train/merge/prune stages measure."""
+    from edgesft.evaluate import task_metrics
+
+    metrics, _ = task_metrics(art.model, art.tok, rows, task, max_new_tokens, batch_size=32, progress=False)
+    return metrics
+
+
+def bench_artifact(
+    artifact: str,
+    threads: int,
+    latency: dict[str, Any] | None,
+    quality: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """Run in a child process (:func:`edgesft.isolate.call`): latency then quality of one artifact.
+
+    ``quality``: {"sequences": file of scored sequences (JSON), "reference_dir": folder of reference
+    log-probs or null, "test_file": JSONL of test rows, "test_rows": n, "task", "max_new_tokens"}.
+    """
+    from edgesft.runtimes import open_artifact
+
+    path = Path(artifact)
+    out: dict[str, Any] = {}
+    if latency is not None:
+        before = rss_mb()
+        t0 = time.perf_counter()
+        art = open_artifact(path, threads=threads, all_logits=False)
+        out["latency"] = {"threads": threads, "load_s": round(time.perf_counter() - t0, 4)}
+        out["latency"].update(measure_latency(art, latency))
+        out["latency"].update(rss_before_load_mb=round(before, 1), peak_rss_mb=round(peak_rss_mb(), 1))
+        if quality is not None and art.kind != "gguf":
+            scorer: Any = art  # the same instance serves teacher-forced logits
+        else:
+            art.close()
+            scorer = None
+    else:
+        scorer = None
+    if quality is not None:
+        from edgesft.data import load_rows
+
+        art = scorer or open_artifact(path, threads=threads)
+        sequences = json.loads(Path(quality["sequences"]).read_text())
+        q = score(art, sequences, quality.get("reference_dir"))
+        rows = load_rows(Path(quality["test_file"]))[: quality["test_rows"]]
+        if rows:
+            if art.kind == "torch":
+                q["test"] = _torch_answers(art, rows, quality["task"], quality["max_new_tokens"])
+            else:
+                q["test"], _ = answer_rows(art, rows, quality["task"], quality["max_new_tokens"])
+        out["quality"] = q
+        art.close()
+    return out
+
+
+def native_sequences(art: Any, rows: list[Any]) -> list[dict[str, Any]]:
+    """Rows tokenized by the artifact itself (no HF tokenizer needed): the answer's tokens, up to and
+    including the first end-of-generation token, are the scored targets, as the training loss has them."""
+    from edgesft.chat import prompt_and_answer
+
+    stops = set(art.eos_ids())
+    out = []
+    for row in rows:
+        prompt, _ = prompt_and_answer(row.messages)
+        head = art.tokenize(art.render_chat(prompt, True))
+        ids = art.tokenize(art.render_chat(row.messages, False))
+        if ids[: len(head)] != head:
+            continue  # the template renders the prompt differently inside the full chat: no clean split
+        end = next((t for t in range(len(head), len(ids)) if ids[t] in stops), len(ids) - 1)
+        targets_at = list(range(len(head), end + 1))
+        out.append(
+            {
+                "ids": ids[: end + 1],
+                "positions": [t - 1 for t in targets_at],
+                "targets": [ids[t] for t in targets_at],
+            }
+        )
+    return out
+
+
+def eval_artifact(
+    artifact: str, data_file: str, task: str, max_rows: int | None, max_new_tokens: int, threads: int
+) -> dict[str, Any]:
+    """``edgesft eval`` on a GGUF file or an ONNX folder (run in a child process): task metrics from greedy
+    answers and answer perplexity, both in the artifact's own runtime."""
+    from edgesft.data import ReadReport, read_rows
+    from edgesft.runtimes import open_artifact
+
+    rows = read_rows([Path(data_file)], "auto", "fail", ReadReport())[:max_rows]
+    art = open_artifact(Path(artifact), threads=threads)
+    metrics, answers = answer_rows(art, rows, task, max_new_tokens)
+    sequences = native_sequences(art, rows)
+    scored = score(art, sequences, None)
+    art.close()
+    if scored["val_perplexity"] is not None:
+        metrics.update(perplexity=scored["val_perplexity"], scored_tokens=scored["val_tokens"])
+    samples = [{"source": r.source, "prediction": a} for r, a in zip(rows, answers, strict=True)]
+    return {"metrics": metrics, "samples": samples}
