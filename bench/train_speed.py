@@ -6,6 +6,8 @@ a shared machine hits both alike, and the figure that counts is the median of pe
     python bench/train_speed.py                       # phone recipe, 3 rounds of 12 steps each
     python bench/train_speed.py --method lora --rounds 5 --steps 10
 
+``measure()`` is the importable form (bench/peers.py calls it).
+
 A third, informational row is the plain run with the Trainer's defaults on CPU (float32, no autocast): what
 a user gets without edgesft choosing bf16.
 """
@@ -18,6 +20,7 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -75,15 +78,22 @@ def _timed_trainer(
     return (n1 - n0) / (t1 - t0)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--recipe", default=str(ROOT / "recipes" / "phone.yaml"))
-    ap.add_argument("--method", default=None, help="override train.method (qlora, lora, dora)")
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--steps", type=int, default=12)
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
-    a = ap.parse_args()
+def measure(
+    recipe_path: str | Path,
+    method: str | None = None,
+    rounds: int = 3,
+    steps: int = 12,
+    threads: int | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Alternate the three runners for ``rounds`` rounds of ``steps`` steps; the summary record.
 
+    Runners: ``edgesft`` (the train stage's Trainer), ``plain_same_dtype`` (stock Trainer, same model,
+    adapter, data, batch and dtype) and ``plain_fp32_default`` (stock Trainer, float32). ``threads`` overrides
+    the recipe's ``train.threads``.
+    """
+    if steps < 2:
+        raise ValueError(f"steps: expected at least 2 (step 1 is warm-up), got {steps}")
     import torch
     from transformers import AutoTokenizer, Trainer
 
@@ -99,15 +109,18 @@ def main() -> None:
         set_threads,
     )
 
-    recipe = load_recipe(a.recipe, [f"train.method={a.method}"] if a.method else [])
+    overrides = [f"train.method={method}"] if method else []
+    if threads:
+        overrides.append(f"train.threads={threads}")
+    recipe = load_recipe(str(recipe_path), overrides)
     cfg = recipe.train
-    threads = set_threads(cfg.threads)
+    n_threads = set_threads(cfg.threads)
     dtype = pick_dtype(cfg.dtype)
     base = resolve_model(recipe.model, recipe._base_dir).path
     tok = AutoTokenizer.from_pretrained(base)
     prepare_tokenizer(tok, recipe.model.system_prompt, recipe.model.extra_special_tokens)
     ds = encode_rows(
-        _rows(recipe, cfg.batch_size * a.steps),
+        _rows(recipe, cfg.batch_size * steps),
         tok,
         recipe.data.max_length,
         recipe.data.train_on_prompt,
@@ -120,49 +133,64 @@ def main() -> None:
         "plain_fp32_default": (Trainer, False),
     }
     results: dict[str, list[float]] = {k: [] for k in runners}
-    for r in range(a.rounds):
+    for r in range(rounds):
         for name, (cls, bf16) in runners.items():
             torch.manual_seed(recipe.seed)
             model, _ = METHODS[cfg.method](base, tok, cfg, dtype)
-            tps = _timed_trainer(cls, model, ds, collator, a.steps, bf16, cfg.batch_size, recipe.seed)
+            tps = _timed_trainer(cls, model, ds, collator, steps, bf16, cfg.batch_size, recipe.seed)
             results[name].append(tps)
-            print(f"round {r + 1}/{a.rounds} {name:20s} {tps:7.1f} tok/s", flush=True)
+            log(f"round {r + 1}/{rounds} {name:20s} {tps:7.1f} tok/s")
             del model
-    ratio_same = statistics.median(
-        e / p for e, p in zip(results["edgesft"], results["plain_same_dtype"], strict=True)
-    )
-    ratio_default = statistics.median(
-        e / p for e, p in zip(results["edgesft"], results["plain_fp32_default"], strict=True)
-    )
-    summary = {
+
+    def ratio(a: str, b: str) -> float:
+        return statistics.median(x / y for x, y in zip(results[a], results[b], strict=True))
+
+    return {
         "benchmark": "train_speed",
         "date": date.today().isoformat(),
         "machine": {
             "cpu": platform.processor() or platform.machine(),
-            "threads": threads,
+            "threads": n_threads,
             "torch": torch.__version__,
         },
-        "recipe": Path(a.recipe).name,
+        "recipe": Path(recipe_path).name,
         "method": cfg.method,
         "dtype": dtype,
         "batch_size": cfg.batch_size,
-        "steps_per_round": a.steps,
+        "steps_per_round": steps,
+        "rounds": rounds,
         "tokens_per_s": {k: {"median": statistics.median(v), "runs": v} for k, v in results.items()},
-        "ratio_edgesft_vs_plain_same_config": ratio_same,
-        "ratio_edgesft_vs_plain_fp32_default": ratio_default,
+        "ratio_edgesft_vs_plain_same_config": ratio("edgesft", "plain_same_dtype"),
+        "ratio_edgesft_vs_plain_fp32_default": ratio("edgesft", "plain_fp32_default"),
     }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--recipe", default=str(ROOT / "recipes" / "phone.yaml"))
+    ap.add_argument("--method", default=None, help="override train.method (qlora, lora, dora)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--threads", type=int, default=None, help="override train.threads")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    a = ap.parse_args()
+
+    summary = measure(a.recipe, a.method, a.rounds, a.steps, a.threads, log=lambda s: print(s, flush=True))
     print()
     print("| run | median tok/s | runs |")
     print("|---|---|---|")
-    for k, v in results.items():
-        print(f"| {k} | {statistics.median(v):.1f} | {', '.join(f'{x:.0f}' for x in v)} |")
+    for k, v in summary["tokens_per_s"].items():
+        print(f"| {k} | {v['median']:.1f} | {', '.join(f'{x:.0f}' for x in v['runs'])} |")
     print(
-        f"\nedgesft / plain Trainer+PEFT (same config, {dtype}): {ratio_same:.2f}x (median of per-round ratios)"
+        f"\nedgesft / plain Trainer+PEFT (same config, {summary['dtype']}): "
+        f"{summary['ratio_edgesft_vs_plain_same_config']:.2f}x (median of per-round ratios)"
     )
-    print(f"edgesft / plain Trainer+PEFT (fp32 defaults):        {ratio_default:.2f}x")
+    print(
+        f"edgesft / plain Trainer+PEFT (fp32 defaults):        {summary['ratio_edgesft_vs_plain_fp32_default']:.2f}x"
+    )
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"train_speed-{summary['date']}-{cfg.method}.json"
+    path = out / f"train_speed-{summary['date']}-{summary['method']}.json"
     path.write_text(json.dumps(summary, indent=2) + "\n")
     print(f"written {path}")
 

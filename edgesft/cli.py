@@ -12,7 +12,7 @@ from typing import Any
 from edgesft import __version__
 from edgesft.errors import EdgesftError
 
-COMMANDS = ("validate", "run", "eval", "stages", "recipe-reference")
+COMMANDS = ("validate", "run", "eval", "stages", "recipe-reference", "report", "check", "bench")
 
 
 def _quiet_libraries() -> None:
@@ -60,6 +60,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     manifests = run_pipeline(recipe, STAGES, args.force, args.from_stage, args.until, log=log)
     if is_main():
         _print_run_summary(manifests)
+        if "bench" in manifests:
+            from edgesft.report import write_report
+
+            print(f"report: {write_report(recipe.run_dir)}")
     return 0
 
 
@@ -158,6 +162,76 @@ def cmd_chat(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from edgesft.report import screenshot, write_report
+
+    html = write_report(Path(args.run), Path(args.out) if args.out else None)
+    for name in ("report.json", "report.md", "report.html"):
+        print(html.parent / name)
+    if args.screenshot:
+        if not screenshot(html, Path(args.screenshot)):
+            raise EdgesftError("--screenshot: no chromium, chromium-browser or google-chrome on PATH")
+        print(args.screenshot)
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from edgesft.gate import check
+
+    log = (lambda _msg: None) if args.json else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    result = check(
+        Path(args.current),
+        Path(args.baseline),
+        recipe=args.recipe,
+        allowed_slowdown=args.allowed_slowdown,
+        rounds=args.rounds,
+        threads=args.threads,
+        artifacts=args.artifacts,
+        log=log,
+    )
+    print(json.dumps(result.to_json(), indent=2) if args.json else result.table())
+    return 0 if result.passed else 1
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from edgesft.gate import load_bench, save_baseline
+
+    run = Path(args.run)
+    if args.save_baseline is None:
+        _print_bench_summary(load_bench(run, "RUN"))
+        return 0
+    dest = Path(args.save_baseline or Path("bench") / "baselines" / f"{run.resolve().name}.json")
+    record = save_baseline(
+        run, dest, recipe=args.recipe, rounds=args.rounds, threads=args.threads, artifacts=args.artifacts
+    )
+    print(dest)
+    for key, a in record["artifacts"].items():
+        if a.get("latency"):
+            lat = a["latency"]
+            rounds, threads = lat["rounds"], record["threads"]
+            print(f"  {key}: {lat['decode_tok_s']:.1f} decode tok/s ({rounds} rounds, {threads} threads)")
+    return 0
+
+
+def _print_bench_summary(bench: dict[str, Any]) -> None:
+    """One row per artifact of a run's bench.json."""
+    print(
+        f"{'artifact':32s} {'status':8s} {'MiB':>8s} {'tok/s':>8s} {'val ppl':>8s} {'KL':>7s} {'exact':>6s}"
+    )
+    for key, a in bench["artifacts"].items():
+        decode = ((a.get("latency") or {}).get("decode") or {}).get("0", {}).get("tok_s", {}).get("median")
+        q = a.get("quality") or {}
+        exact = (q.get("test") or {}).get("exact_match")
+        cells = [
+            f"{a['file_bytes'] / 2**20:8.1f}" if a.get("file_bytes") else f"{'-':>8s}",
+            f"{decode:8.1f}" if decode else f"{'-':>8s}",
+            f"{q['val_perplexity']:8.3f}" if q.get("val_perplexity") is not None else f"{'-':>8s}",
+            f"{q['kl_mean']:7.4f}" if q.get("kl_mean") is not None else f"{'-':>7s}",
+            f"{100 * exact:6.1f}" if exact is not None else f"{'-':>6s}",
+        ]
+        print(f"{key:32s} {str(a.get('status')):8s} " + " ".join(cells))
+
+
 def cmd_stages(args: argparse.Namespace) -> int:
     from edgesft.stages import STAGES
 
@@ -198,7 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_run)
 
     e = sub.add_parser("eval", help="task metrics of a model or a run's stage folder on a data file")
-    e.add_argument("target", help="stage folder (runs/NAME/train), model folder, .gguf, or a model name")
+    e.add_argument(
+        "target",
+        help="stage folder (runs/NAME/train), model folder, .gguf file, ONNX folder, or a model name",
+    )
     e.add_argument("--data", required=True, help="JSONL/JSON/CSV file in any supported row format")
     e.add_argument("--task", choices=("json", "text"), default="json")
     e.add_argument("--max-rows", type=int, default=None)
@@ -213,6 +290,59 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--system", default=None, help="system prompt")
     c.add_argument("--threads", type=int, default=None)
     c.set_defaults(func=cmd_chat)
+
+    rp = sub.add_parser("report", help="rebuild a run's report.json, report.md and report.html (with plots)")
+    rp.add_argument("run", help="run folder (runs/NAME)")
+    rp.add_argument("--out", metavar="DIR", help="output folder (default: RUN/report)")
+    rp.add_argument("--screenshot", metavar="PNG", help="also render the page to a PNG (headless Chromium)")
+    rp.set_defaults(func=cmd_report)
+
+    ck = sub.add_parser("check", help="CI gate: compare a run with a baseline (exit 1 on a regression)")
+    ck.add_argument("current", metavar="CURRENT", help="run folder with a bench stage (runs/NAME)")
+    ck.add_argument(
+        "--baseline",
+        required=True,
+        help="baseline .json (edgesft bench --save-baseline) or another run folder",
+    )
+    ck.add_argument("--recipe", help="recipe whose bench.check settings apply")
+    ck.add_argument(
+        "--allowed-slowdown", type=float, metavar="X", help="e.g. 0.10: fail beyond +10%% decode time"
+    )
+    ck.add_argument("--rounds", type=int, metavar="N", help="interleaved timing rounds")
+    ck.add_argument("--threads", type=int, metavar="N", help="threads for every timed runtime")
+    ck.add_argument(
+        "--artifact",
+        dest="artifacts",
+        action="extend",
+        nargs="+",
+        metavar="KEY",
+        help="artifacts whose decode time is gated, e.g. gguf/phone-Q4_K_M.gguf (default: the primary)",
+    )
+    ck.add_argument("--json", action="store_true", help="machine-readable output")
+    ck.set_defaults(func=cmd_check)
+
+    bn = sub.add_parser("bench", help="a run's bench figures; --save-baseline writes a baseline for check")
+    bn.add_argument("run", metavar="RUN", help="run folder with a bench stage (runs/NAME)")
+    bn.add_argument(
+        "--save-baseline",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="PATH",
+        help="write a baseline (default: bench/baselines/<run name>.json)",
+    )
+    bn.add_argument("--recipe", help="recipe whose bench.check settings apply")
+    bn.add_argument("--rounds", type=int, metavar="N", help="timing rounds against the reference workload")
+    bn.add_argument("--threads", type=int, metavar="N", help="threads for every timed runtime")
+    bn.add_argument(
+        "--artifact",
+        dest="artifacts",
+        action="extend",
+        nargs="+",
+        metavar="KEY",
+        help="artifacts to time (default: the primary)",
+    )
+    bn.set_defaults(func=cmd_bench)
 
     s = sub.add_parser("stages", help="list the pipeline stages")
     s.set_defaults(func=cmd_stages)

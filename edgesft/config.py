@@ -533,6 +533,8 @@ class CheckConfig(_Section):
     1 + this."""
     rounds: int = Field(12, ge=4, le=1000)
     """Interleaved timing rounds (A B B A ...)."""
+    threads: int | None = Field(None, ge=1, le=512)
+    """Threads of every timed runtime (default: the baseline's, else the bench stage's)."""
     decode_tokens: int = Field(32, ge=4, le=4096)
     """Tokens decoded per timed round."""
     size_tolerance: float = Field(0.01, ge=0.0)

@@ -70,3 +70,38 @@ def latency_gate(
         allowed_slowdown=allowed_slowdown,
         regression=low > 1.0 + allowed_slowdown,
     )
+
+
+def two_sample_gate(
+    current: Sequence[float],
+    baseline: Sequence[float],
+    allowed_slowdown: float = 0.10,
+    seed: int = 0,
+    confidence: float = 0.95,
+    resamples: int = 10000,
+) -> Verdict:
+    """Gate on median(current) / median(baseline) for two sets of rounds timed at different times.
+
+    Used when the baseline artifact is not at hand: each value is already a within-round ratio to a
+    reference workload, so the sets are independent samples, and each is resampled on its own (percentile
+    bootstrap of the ratio of medians). Fails only when the whole interval lies above ``1 + allowed_slowdown``.
+    """
+    a, b = np.asarray(current, dtype=float), np.asarray(baseline, dtype=float)
+    if a.ndim != 1 or b.ndim != 1 or a.size == 0 or b.size == 0:
+        raise ValueError(f"need two non-empty series of rounds (got {a.shape} and {b.shape})")
+    if (a <= 0).any() or (b <= 0).any():
+        raise ValueError("timings must be positive")
+    rng = np.random.default_rng(seed)
+    med_a = np.median(a[rng.integers(0, a.size, size=(resamples, a.size))], axis=1)
+    med_b = np.median(b[rng.integers(0, b.size, size=(resamples, b.size))], axis=1)
+    ratios = med_a / med_b
+    tail = (1.0 - confidence) / 2.0
+    low, high = float(np.quantile(ratios, tail)), float(np.quantile(ratios, 1.0 - tail))
+    return Verdict(
+        median_ratio=float(np.median(a) / np.median(b)),
+        ci_low=low,
+        ci_high=high,
+        rounds=int(a.size),
+        allowed_slowdown=allowed_slowdown,
+        regression=low > 1.0 + allowed_slowdown,
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgesft.stats import bootstrap_ci, latency_gate, per_round_ratios
+from edgesft.stats import bootstrap_ci, latency_gate, per_round_ratios, two_sample_gate
 
 
 def test_per_round_ratio_cancels_shared_drift() -> None:
@@ -43,3 +43,24 @@ def test_gate_passes_identical_and_catches_a_slowdown() -> None:
     burst = same.copy()
     burst[3] *= 3.0
     assert not latency_gate(burst, base).regression
+
+
+def test_two_sample_gate_on_independent_sets_of_rounds() -> None:
+    rng = np.random.default_rng(3)
+    base = 2.0 * np.exp(rng.normal(0, 0.04, size=12))  # normalized times saved with a baseline
+    same = two_sample_gate(base, base)
+    assert same.median_ratio == pytest.approx(1.0) and same.ci_low <= 1.0 <= same.ci_high
+    assert not same.regression and same.rounds == 12
+    fresh = 2.0 * np.exp(rng.normal(0, 0.04, size=12))  # the same artifact timed again
+    again = two_sample_gate(fresh, base, allowed_slowdown=0.10)
+    assert not again.regression and again.ci_low < 1.0 < again.ci_high
+    slow = two_sample_gate(1.3 * fresh, base, allowed_slowdown=0.10)
+    assert slow.regression and slow.ci_low > 1.1 and slow.median_ratio == pytest.approx(1.3, rel=0.05)
+    # a 5% shift stays inside a 10% allowance; a shorter current series is fine
+    assert not two_sample_gate(1.05 * fresh[:8], base, allowed_slowdown=0.10).regression
+    # the verdict is reproducible (fixed seed) and the sets are checked
+    assert two_sample_gate(fresh, base) == two_sample_gate(fresh, base)
+    with pytest.raises(ValueError, match="non-empty"):
+        two_sample_gate([], base)
+    with pytest.raises(ValueError, match="positive"):
+        two_sample_gate([1.0, -1.0], base)
