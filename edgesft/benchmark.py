@@ -2,12 +2,14 @@
 
 Latency follows llama-bench's split: time to first token and prefill speed at fixed prompt lengths, decode
 speed at fixed context depths (the KV cache already holds that many tokens). Prompts are token ids made
-before any clock starts, and the next token is the argmax outside the timed region (see
-:mod:`edgesft.runtimes.timing`), so tokenization and sampling are excluded. Every figure is warm-up runs, then
-``repeats`` timed runs, reported as median, min, max and n.
+before any clock starts, so tokenization is excluded; the next token is the argmax of the last logits taken
+outside the timed region for llama.cpp and PyTorch, and inside onnxruntime-genai's ``generate_next_token``
+(a greedy argmax, microseconds next to a millisecond step; see :mod:`edgesft.runtimes.timing`). Every figure
+is warm-up runs, then ``repeats`` timed runs, reported as median, min, max and n. Load time is opening the
+artifact with the runtime library already imported.
 
-Memory: the child's resident set before the artifact is opened and its peak after the timed runs (the
-quality pass afterwards allocates logits and would inflate it).
+Memory: the child's resident set after the runtime library is imported and before the artifact is opened,
+and its peak after the timed runs (the quality pass afterwards allocates logits and would inflate it).
 
 The bandwidth bound: a decode step must read every weight the step uses once (all layers, the LM head; an
 untied input embedding only one row) plus the KV cache at that depth, so decode tokens/s can at best be
@@ -160,15 +162,19 @@ def _gguf_weight_bytes(path: Path) -> int:
     return total
 
 
-def _onnx_weight_bytes(folder: Path) -> int:
+def _onnx_graph(folder: Path) -> Any:
+    """The decoder graph of an ONNX folder, without its external weights."""
     import onnx
-    from onnx import TensorProto, helper
 
     genai = json.loads((folder / "genai_config.json").read_text())
-    model = onnx.load(
-        str(folder / genai["model"]["decoder"].get("filename", "model.onnx")), load_external_data=False
-    )
-    graph = model.graph
+    filename = genai["model"]["decoder"].get("filename", "model.onnx")
+    return onnx.load(str(folder / filename), load_external_data=False).graph
+
+
+def _onnx_weight_bytes(folder: Path) -> int:
+    from onnx import TensorProto, helper
+
+    graph = _onnx_graph(folder)
     sizes: dict[str, int] = {}
     for init in graph.initializer:
         external = {e.key: e.value for e in init.external_data}
@@ -234,11 +240,7 @@ def kv_element_bytes(path: Path) -> int:
         return 4
     import onnx
 
-    genai = json.loads((path / "genai_config.json").read_text())
-    model = onnx.load(
-        str(path / genai["model"]["decoder"].get("filename", "model.onnx")), load_external_data=False
-    )
-    for inp in model.graph.input:
+    for inp in _onnx_graph(path).input:
         if inp.name.startswith("past_key_values"):
             return 2 if inp.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16 else 4
     return 4
@@ -277,7 +279,9 @@ def measure_latency(art: Any, cfg: dict[str, Any]) -> dict[str, Any]:
             prefill[length].append(p)
         for d in depths:
             _, seconds, steps = timed_run(art, prompts[max(d, 1)], n)
-            decode[d].append(steps / seconds if seconds > 0 else 0.0)
+            if steps == 0 or seconds <= 0:
+                raise RuntimeError(f"decode at depth {d} took no step (the runtime stopped at once)")
+            decode[d].append(steps / seconds)
     return {
         "prefill": {
             str(length): {"ttft_s": stats(t), "tok_s": stats([length / x for x in t])}
@@ -356,6 +360,16 @@ def _torch_answers(art: Any, rows: list[Any], task: str, max_new_tokens: int) ->
     return metrics
 
 
+def _import_runtime(kind: str) -> None:
+    """Import the runtime library so that load time is opening the artifact, not importing the library."""
+    import importlib
+
+    for module in {"gguf": ["llama_cpp"], "onnx": ["onnxruntime", "onnxruntime_genai"]}.get(
+        kind, ["torch", "transformers"]
+    ):
+        importlib.import_module(module)
+
+
 def bench_artifact(
     artifact: str,
     threads: int,
@@ -367,10 +381,11 @@ def bench_artifact(
     ``quality``: {"sequences": file of scored sequences (JSON), "reference_dir": folder of reference
     log-probs or null, "test_file": JSONL of test rows, "test_rows": n, "task", "max_new_tokens"}.
     """
-    from edgesft.runtimes import open_artifact
+    from edgesft.runtimes import artifact_kind, open_artifact
 
     path = Path(artifact)
     out: dict[str, Any] = {}
+    _import_runtime(artifact_kind(path))
     if latency is not None:
         before = rss_mb()
         t0 = time.perf_counter()

@@ -247,6 +247,17 @@ def cmd_recipe_reference(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1 (argparse turns the error into its usage line, exit 2)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {n}")
+    return n
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="edgesft",
@@ -297,19 +308,28 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--screenshot", metavar="PNG", help="also render the page to a PNG (headless Chromium)")
     rp.set_defaults(func=cmd_report)
 
-    ck = sub.add_parser("check", help="CI gate: compare a run with a baseline (exit 1 on a regression)")
-    ck.add_argument("current", metavar="CURRENT", help="run folder with a bench stage (runs/NAME)")
+    ck = sub.add_parser(
+        "check", help="CI gate: compare a run or an artifact with a baseline (exit 1 on a regression)"
+    )
+    ck.add_argument(
+        "current",
+        metavar="CURRENT",
+        help="run folder with a bench stage (runs/NAME), or an artifact (.gguf file, ONNX folder) when "
+        "BASELINE is an artifact too",
+    )
     ck.add_argument(
         "--baseline",
         required=True,
-        help="baseline .json (edgesft bench --save-baseline) or another run folder",
+        help="baseline .json (edgesft bench --save-baseline), another run folder, or an artifact",
     )
     ck.add_argument("--recipe", help="recipe whose bench.check settings apply")
     ck.add_argument(
         "--allowed-slowdown", type=float, metavar="X", help="e.g. 0.10: fail beyond +10%% decode time"
     )
-    ck.add_argument("--rounds", type=int, metavar="N", help="interleaved timing rounds")
-    ck.add_argument("--threads", type=int, metavar="N", help="threads for every timed runtime")
+    ck.add_argument(
+        "--rounds", type=_positive_int, metavar="N", help="interleaved timing rounds (at least 10)"
+    )
+    ck.add_argument("--threads", type=_positive_int, metavar="N", help="threads for every timed runtime")
     ck.add_argument(
         "--artifact",
         dest="artifacts",
@@ -332,8 +352,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="write a baseline (default: bench/baselines/<run name>.json)",
     )
     bn.add_argument("--recipe", help="recipe whose bench.check settings apply")
-    bn.add_argument("--rounds", type=int, metavar="N", help="timing rounds against the reference workload")
-    bn.add_argument("--threads", type=int, metavar="N", help="threads for every timed runtime")
+    bn.add_argument(
+        "--rounds",
+        type=_positive_int,
+        metavar="N",
+        help="timing rounds against the reference workload (at least 10)",
+    )
+    bn.add_argument("--threads", type=_positive_int, metavar="N", help="threads for every timed runtime")
     bn.add_argument(
         "--artifact",
         dest="artifacts",
@@ -367,6 +392,10 @@ def main(argv: list[str] | None = None) -> int:
     except EdgesftError as e:
         for line in e.problems:
             print(f"error: {line}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a file the user named cannot be written or read (no such folder, no permission)
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -531,8 +531,9 @@ class CheckConfig(_Section):
     allowed_slowdown: float = Field(0.10, ge=0.0, le=10.0)
     """Largest decode slowdown tolerated: fail only when the whole 95% interval of the time ratio lies above
     1 + this."""
-    rounds: int = Field(12, ge=4, le=1000)
-    """Interleaved timing rounds (A B B A ...)."""
+    rounds: int = Field(12, ge=10, le=1000)
+    """Interleaved timing rounds (A B, B A, ...); at least 10, so that the bootstrap interval of the median
+    has enough rounds to resample."""
     threads: int | None = Field(None, ge=1, le=512)
     """Threads of every timed runtime (default: the baseline's, else the bench stage's)."""
     decode_tokens: int = Field(32, ge=4, le=4096)

@@ -6,11 +6,12 @@ run's ``bench/bench.json`` and are compared exactly or within the recipe's toler
 Decode latency must survive shared, noisy runners, so it is never compared as two absolute numbers:
 
 - Two artifacts at hand (two run folders, or two artifact files): each opens once in its own persistent
-  timing worker (a child process, so a native crash or hang is a one-line error), then after a warm-up they
-  are timed in interleaved rounds in A B, B A, A B ... order, so a neighbour's load or a clock change hits
-  both alike and order effects cancel. The gate is the median of the per-round time ratios with a bootstrap
-  95% interval (:func:`edgesft.stats.latency_gate`): it fails only when the whole interval lies above
-  ``1 + allowed_slowdown``.
+  timing worker (a child process, so a native crash or hang is one line: a failing row when it is the
+  current artifact's, an error when it is the baseline's or the reference workload's), then after a
+  warm-up they are timed in interleaved rounds in A B, B A, A B ... order, so a neighbour's load or a clock
+  change hits both alike and order effects cancel. The gate is the median of the per-round time ratios
+  with a bootstrap 95% interval (:func:`edgesft.stats.latency_gate`): it fails only when the whole interval
+  lies above ``1 + allowed_slowdown``.
 - Only a stored baseline file: the current artifact is interleaved with a fixed reference workload instead,
   and each round gives a normalized time, artifact / reference. The baseline file holds its own normalized
   rounds, measured the same way when it was saved; the gate is the ratio of the two medians with a
@@ -57,6 +58,9 @@ from edgesft.config import CheckConfig
 from edgesft.errors import EdgesftError
 from edgesft.io import atomic_write_json, read_json
 from edgesft.isolate import IsolatedFailure, _tail
+from edgesft.quality import POINT_METRICS
+from edgesft.report import bundle_primary
+from edgesft.report import primary_key as artifacts_primary
 from edgesft.stats import Verdict, latency_gate, two_sample_gate
 
 SCHEMA = "edgesft.baseline/1"
@@ -74,7 +78,6 @@ REFERENCE = {
     ),
 }
 DEFAULT_TIMEOUT_S = 600.0
-TEST_METRICS = ("exact_match", "intent_accuracy", "slot_f1", "valid_json")
 _SLACK = 1e-9  # float rounding at exactly the tolerance is not a regression
 
 
@@ -169,14 +172,27 @@ def _serve(spec: dict[str, Any]) -> int:
 # The timing worker, parent side
 
 
+class TimingFailure(IsolatedFailure):
+    """A timing worker crashed, hung or failed; ``role`` says whose it was ("current", "baseline",
+    "reference", or "artifact" where the caller did not say), so that a check can tell a regression of the
+    artifact under test from a failure of what it is compared with."""
+
+    def __init__(self, message: str, kind: str, role: str):
+        super().__init__(message, kind)
+        self.role = role
+
+
 class TimingWorker:
     """A persistent child process that holds one artifact (or the reference workload) open and times it on
-    request. A crash, hang (``timeout_s`` per request) or error raises :class:`IsolatedFailure` naming
-    ``label``; the child is then gone."""
+    request. A crash, hang (``timeout_s`` per request) or error raises :class:`TimingFailure` naming
+    ``label`` and carrying ``role``; the child is then gone."""
 
-    def __init__(self, spec: dict[str, Any], label: str, timeout_s: float = DEFAULT_TIMEOUT_S):
+    def __init__(
+        self, spec: dict[str, Any], label: str, timeout_s: float = DEFAULT_TIMEOUT_S, role: str = "artifact"
+    ):
         self.label = label
         self.timeout_s = timeout_s
+        self.role = role
         self._stderr: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 (closed in close())
         threads = str(spec["threads"])
         # the child imports this package from where the parent did, whatever its working directory
@@ -186,6 +202,10 @@ class TimingWorker:
             **os.environ,
             "PYTHONPATH": path,
             "OMP_NUM_THREADS": threads,
+            # OpenMP threads spin for a while after each parallel region by default; two workers take turns,
+            # so the idle one would keep a core busy while the other is timed, and on a 2-core runner the
+            # timed one would lose a core to its own neighbour. Passive waiting makes the idle worker sleep.
+            "OMP_WAIT_POLICY": "PASSIVE",
             "TOKENIZERS_PARALLELISM": "false",
             "TRANSFORMERS_VERBOSITY": "error",
         }
@@ -206,12 +226,14 @@ class TimingWorker:
             raise
 
     @classmethod
-    def artifact(cls, path: Path, threads: int, timeout_s: float = DEFAULT_TIMEOUT_S) -> TimingWorker:
-        return cls({"kind": "artifact", "path": str(path), "threads": threads}, str(path), timeout_s)
+    def artifact(
+        cls, path: Path, threads: int, timeout_s: float = DEFAULT_TIMEOUT_S, role: str = "artifact"
+    ) -> TimingWorker:
+        return cls({"kind": "artifact", "path": str(path), "threads": threads}, str(path), timeout_s, role)
 
     @classmethod
     def reference(cls, threads: int, timeout_s: float = DEFAULT_TIMEOUT_S) -> TimingWorker:
-        return cls({"kind": "reference", "threads": threads}, "reference workload", timeout_s)
+        return cls({"kind": "reference", "threads": threads}, "reference workload", timeout_s, "reference")
 
     def _pump(self) -> None:
         assert self._proc.stdout is not None
@@ -224,18 +246,18 @@ class TimingWorker:
             line = self._lines.get(timeout=self.timeout_s)
         except queue.Empty:
             self._kill()
-            raise IsolatedFailure(
-                f"{self.label}: timing worker timed out after {self.timeout_s:.0f}s", "timeout"
+            raise TimingFailure(
+                f"{self.label}: timing worker timed out after {self.timeout_s:.0f}s", "timeout", self.role
             ) from None
         if line is None:
             raise self._death()
         msg: dict[str, Any] = json.loads(line)
         if not msg.get("ok"):
             self._kill()
-            raise IsolatedFailure(f"{self.label}: {msg.get('error')}", "error")
+            raise TimingFailure(f"{self.label}: {msg.get('error')}", "error", self.role)
         return msg
 
-    def _death(self) -> IsolatedFailure:
+    def _death(self) -> TimingFailure:
         try:
             code = self._proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
@@ -250,7 +272,9 @@ class TimingWorker:
                 how = f"crashed (signal {-code})"
         else:
             how = f"exited with code {code}"
-        return IsolatedFailure(f"{self.label}: timing worker {how}{': ' + tail if tail else ''}", "crash")
+        return TimingFailure(
+            f"{self.label}: timing worker {how}{': ' + tail if tail else ''}", "crash", self.role
+        )
 
     def time(self, tokens: int) -> float:
         """One timed run: seconds per decoded token (artifact) or per product (reference)."""
@@ -270,16 +294,21 @@ class TimingWorker:
             self._proc.wait()
 
     def close(self) -> None:
-        """Ask the worker to stop; kill it if it does not within 10 s."""
-        if self._proc.poll() is None:
+        """Ask the worker to stop; kill it if it does not within 10 s. The pipes and the stderr file are
+        closed whether or not the child is still alive."""
+        stdin = self._proc.stdin
+        if stdin is not None:
+            if self._proc.poll() is None:
+                with contextlib.suppress(OSError):
+                    stdin.write(b'{"op": "close"}\n')
+                    stdin.flush()
+            # a dead child leaves bytes on a broken pipe: close() raises, but the handle is closed anyway
             with contextlib.suppress(OSError):
-                assert self._proc.stdin is not None
-                self._proc.stdin.write(b'{"op": "close"}\n')
-                self._proc.stdin.close()
-            try:
-                self._proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._kill()
+                stdin.close()
+        try:
+            self._proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._kill()
         self._reader.join(timeout=10)  # the pipe is at EOF once the child is gone
         if self._proc.stdout is not None:
             self._proc.stdout.close()
@@ -336,20 +365,13 @@ def load_bench(run: Path, role: str) -> dict[str, Any]:
 
 
 def primary_key(run: Path, bench: dict[str, Any]) -> str:
-    """The export bundle's primary artifact as a bench key (``gguf/<file>`` or ``onnx/<folder>``); without an
-    export stage, the first GGUF, else the first ONNX artifact, that benchmarked ok."""
-    arts = bench["artifacts"]
-    export = read_json(run / "export" / "manifest.json")
-    primary = (export or {}).get("info", {}).get("primary") if isinstance(export, dict) else None
-    if primary:
-        for key in (f"gguf/{primary}", f"onnx/{primary}"):
-            if key in arts:
-                return key
-    for kind in ("gguf", "onnx", "torch"):
-        for key, a in arts.items():
-            if a.get("kind") == kind and a.get("status") == "ok":
-                return key
-    raise EdgesftError(f"{run}: no artifact in bench/bench.json benchmarked ok")
+    """The run's primary artifact as a bench key, by the rule the report marks it with
+    (:func:`edgesft.report.primary_key`)."""
+    primary = bundle_primary(read_json(run / "export" / "manifest.json"))
+    key = artifacts_primary(bench["artifacts"], primary)
+    if key is None:
+        raise EdgesftError(f"{run}: no artifact in bench/bench.json benchmarked ok")
+    return key
 
 
 def artifact_path(run: Path, bench: dict[str, Any], key: str) -> Path:
@@ -397,7 +419,7 @@ def artifact_facts(run: Path, bench: dict[str, Any]) -> dict[str, dict[str, Any]
             "quality": {
                 "val_perplexity": quality.get("val_perplexity"),
                 "kl_mean": quality.get("kl_mean"),
-                "test": {k: v for k, v in (quality.get("test") or {}).items() if k in TEST_METRICS},
+                "test": {k: v for k, v in (quality.get("test") or {}).items() if k in POINT_METRICS},
             },
         }
     return facts
@@ -482,7 +504,7 @@ def save_baseline(
 
 
 def load_baseline(path: Path) -> dict[str, Any]:
-    """A baseline file, checked enough that a wrong file is one line naming it."""
+    """A baseline file, checked enough that a wrong or hand-edited file is one line naming it and the key."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as e:
@@ -490,18 +512,97 @@ def load_baseline(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict) or data.get("schema") != SCHEMA:
         found = data.get("schema") if isinstance(data, dict) else type(data).__name__
         raise EdgesftError(f"{path}: not an edgesft baseline (schema {found!r}, expected {SCHEMA!r})")
-    arts = data.get("artifacts")
-    if not isinstance(arts, dict) or not all(isinstance(a, dict) for a in arts.values()):
-        raise EdgesftError(f"{path}: baseline has no artifacts mapping")
-    for key, a in arts.items():
-        rounds = (a.get("latency") or {}).get("normalized_rounds", [1.0])
-        if not (
-            isinstance(rounds, list) and rounds and all(isinstance(x, (int, float)) and x > 0 for x in rounds)
-        ):
-            raise EdgesftError(
-                f"{path}: artifacts.{key}.latency.normalized_rounds: expected positive numbers"
-            )
+    _check_baseline(Path(path), data)
     return data
+
+
+def _check_baseline(path: Path, data: dict[str, Any]) -> None:
+    """Raise one line naming ``path`` and the first key that does not hold what :func:`save_baseline` writes
+    there, instead of a TypeError later."""
+
+    def need(parent: dict[str, Any], name: str, where: str, expected: str, ok: Callable[[Any], bool]) -> Any:
+        if name not in parent:
+            return None
+        if not ok(parent[name]):
+            raise EdgesftError(f"{path}: {where}{name}: expected {expected}, got {_json_kind(parent[name])}")
+        return parent[name]
+
+    for name in ("machine", "check", "reference_workload"):
+        need(data, name, "", "an object", _is_object)
+    for name in ("threads", "decode_tokens"):
+        need(data, name, "", "a positive integer or null", _is_count_or_null)
+    if "artifacts" not in data:
+        raise EdgesftError(f"{path}: artifacts: missing")
+    arts = need(data, "artifacts", "", "an object", _is_object)
+    for key in arts:
+        where = f"artifacts.{key}."
+        a = need(arts, key, "artifacts.", "an object", _is_object)
+        for name in ("status", "verified"):
+            need(a, name, where, "a string or null", lambda v: v is None or isinstance(v, str))
+        for name in ("file_bytes", "params", "fallback_tensors"):
+            need(a, name, where, "a number or null", _is_number_or_null)
+        quality = need(a, "quality", where, "an object or null", _is_object_or_null) or {}
+        for name in ("val_perplexity", "kl_mean"):
+            need(quality, name, f"{where}quality.", "a number or null", _is_number_or_null)
+        test = need(quality, "test", f"{where}quality.", "an object or null", _is_object_or_null) or {}
+        for name in test:
+            need(test, name, f"{where}quality.test.", "a number or null", _is_number_or_null)
+        latency = need(a, "latency", where, "an object or null", _is_object_or_null)
+        if latency is None:
+            continue
+        if "normalized_rounds" not in latency:
+            raise EdgesftError(f"{path}: {where}latency.normalized_rounds: missing")
+        need(
+            latency,
+            "normalized_rounds",
+            f"{where}latency.",
+            "a non-empty array of positive numbers",
+            lambda v: isinstance(v, list) and bool(v) and all(_is_number(x) and x > 0 for x in v),
+        )
+        need(latency, "decode_tok_s", f"{where}latency.", "a positive number or null", _is_rate_or_null)
+        need(latency, "rounds", f"{where}latency.", "a positive integer or null", _is_count_or_null)
+    from pydantic import ValidationError
+
+    stored = {k: v for k, v in (data.get("check") or {}).items() if k in CheckConfig.model_fields}
+    try:
+        CheckConfig(**stored)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise EdgesftError(f"{path}: check.{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_number_or_null(v: Any) -> bool:
+    return v is None or _is_number(v)
+
+
+def _is_rate_or_null(v: Any) -> bool:
+    return v is None or (_is_number(v) and v > 0)
+
+
+def _is_count_or_null(v: Any) -> bool:
+    return v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 1)
+
+
+def _is_object(v: Any) -> bool:
+    return isinstance(v, dict)
+
+
+def _is_object_or_null(v: Any) -> bool:
+    return v is None or isinstance(v, dict)
+
+
+def _json_kind(value: Any) -> str:
+    """A JSON value as an error message shows it: as written when short, else what kind it is."""
+    text = json.dumps(value)
+    if len(text) <= 40:
+        return text
+    if isinstance(value, (dict, list)):
+        return "an object" if isinstance(value, dict) else "an array"
+    return text[:37] + "..."
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -608,7 +709,10 @@ def _artifact_rows(key: str, b: dict[str, Any], c: dict[str, Any], cfg: CheckCon
         ("file bytes", b.get("file_bytes"), c.get("file_bytes"), "relative rise", cfg.size_tolerance),
         ("params", b.get("params"), c.get("params"), "equal", 0.0),
         ("fallback tensors", b.get("fallback_tensors"), c.get("fallback_tensors"), "no rise", 0.0),
-        *((f"test {m}", bt.get(m), ct.get(m), "drop in points", cfg.quality_tolerance) for m in TEST_METRICS),
+        *(
+            (f"test {m}", bt.get(m), ct.get(m), "drop in points", cfg.quality_tolerance)
+            for m in POINT_METRICS
+        ),
         ("kl_mean", bq.get("kl_mean"), cq.get("kl_mean"), "rise", cfg.kl_tolerance),
         (
             "val_perplexity",
@@ -618,30 +722,42 @@ def _artifact_rows(key: str, b: dict[str, Any], c: dict[str, Any], cfg: CheckCon
             cfg.perplexity_tolerance,
         ),
     ]
+    # a figure the baseline holds is held to, also when the current run lost it (a failed evaluation)
     rows = [
         Row(figure, key, was, now, *_judge(how, tol, was, now))
         for figure, was, now, how, tol in figures
-        if was is not None and now is not None
+        if was is not None
     ]
     if b.get("verified") == "passed":
         now = c.get("verified")
-        rows.append(Row("verification", key, "passed", now, "passed", now == "passed"))
+        rows.append(
+            Row("verification", key, "passed", now, "passed", now == "passed", "" if now else "missing")
+        )
     return rows
 
 
-def _judge(how: str, tol: float, was: float, now: float) -> tuple[str, bool, str]:
-    """(limit text, within it, change text) for one figure."""
+def _judge(how: str, tol: float, was: float, now: float | None) -> tuple[str, bool, str]:
+    """(limit text, within it, change text) for one figure; a missing current figure fails."""
+    limits = {
+        "equal": "equal",
+        "no rise": "no rise",
+        "relative rise": f"+{tol:.1%}",
+        "drop in points": f"-{tol:g} pts",
+    }
+    limit = limits.get(how, f"+{tol:g}")
+    if now is None:
+        return limit, False, "missing"
     if how == "equal":
-        return "equal", now == was, ""
+        return limit, now == was, ""
     if how == "no rise":
-        return "no rise", now <= was, ""
+        return limit, now <= was, ""
     if how == "relative rise":
         rise = now / was - 1.0 if was else 0.0
-        return f"+{tol:.1%}", rise <= tol + _SLACK, f"{rise:+.2%}"
+        return limit, rise <= tol + _SLACK, f"{rise:+.2%}"
     if how == "drop in points":
         change = 100.0 * (now - was)
-        return f"-{tol:g} pts", -change <= tol + _SLACK, f"{change:+.1f} pts"
-    return f"+{tol:g}", now - was <= tol + _SLACK, f"{now - was:+.4g}" if now != was else ""
+        return limit, -change <= tol + _SLACK, f"{change:+.1f} pts"
+    return limit, now - was <= tol + _SLACK, f"{now - was:+.4g}" if now != was else ""
 
 
 def _latency_row(key: str, verdict: Verdict, base_tok_s: float | None, cur_tok_s: float, how: str) -> Row:
@@ -649,6 +765,15 @@ def _latency_row(key: str, verdict: Verdict, base_tok_s: float | None, cur_tok_s
     note = f"{how} {verdict.line().rsplit(':', 1)[0]}"
     limit = f"+{verdict.allowed_slowdown:.0%}"
     return Row("decode tok/s", key, base_tok_s, cur_tok_s, limit, not verdict.regression, note)
+
+
+def _untimed_row(key: str, base_tok_s: float | None, why: str, cfg: CheckConfig) -> Row:
+    """A gated artifact of the current run that could not be timed: its decode time regressed."""
+    return Row("decode tok/s", key, base_tok_s, None, f"+{cfg.allowed_slowdown:.0%}", False, why)
+
+
+def _not_benchmarked(status: Any) -> str:
+    return f"not timed: {'not in bench.json' if status is None else f'benchmark {status}'}"
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -715,8 +840,10 @@ def check(
             if key not in cur_facts and key not in base_facts:
                 known = ", ".join(sorted(cur_facts)) or "none"
                 raise EdgesftError(f"artifact {key}: in neither run's bench.json (CURRENT has: {known})")
-            if cur_facts.get(key, {}).get("status") != "ok":
-                continue  # its "artifact" row fails already
+            status = cur_facts.get(key, {}).get("status")
+            if status != "ok":  # also when the baseline run failed it too: nothing gated passes untimed
+                result.rows.append(_untimed_row(key, None, _not_benchmarked(status), cfg))
+                continue
             if base_facts.get(key, {}).get("status") != "ok":
                 result.notes.append(
                     f"{key}: did not benchmark ok in the baseline run; decode time not compared"
@@ -727,11 +854,17 @@ def check(
             )
     for key, cur_path, base_path in pairs:
         log(f"  timing {key}: {cfg.rounds} interleaved rounds, {n_threads} threads")
-        with (
-            TimingWorker.artifact(cur_path, n_threads, timeout_s) as cur_w,
-            TimingWorker.artifact(base_path, n_threads, timeout_s) as base_w,
-        ):
-            cur_s, base_s = interleave(cur_w, base_w, cfg.rounds, cfg.decode_tokens)
+        try:
+            with (
+                TimingWorker.artifact(cur_path, n_threads, timeout_s, role="current") as cur_w,
+                TimingWorker.artifact(base_path, n_threads, timeout_s, role="baseline") as base_w,
+            ):
+                cur_s, base_s = interleave(cur_w, base_w, cfg.rounds, cfg.decode_tokens)
+        except TimingFailure as e:
+            if e.role != "current":
+                raise  # the baseline artifact failed: nothing to compare with, an error
+            result.rows.append(_untimed_row(key, None, f"timing failed: {e}", cfg))
+            continue
         verdict = latency_gate(cur_s, base_s, cfg.allowed_slowdown)
         result.rows.append(_latency_row(key, verdict, _tok_s(base_s), _tok_s(cur_s), "interleaved:"))
     return result
@@ -784,15 +917,28 @@ def _check_stored(
                 "save the baseline with --artifact"
             )
     _compare_context(base, bench, n_threads, cfg, result)
-    gated = [k for k in gated if facts.get(k, {}).get("status") == "ok"]  # a missing one already failed
+    for key in gated:
+        status = facts.get(key, {}).get("status")
+        if status != "ok":
+            result.rows.append(
+                _untimed_row(key, saved[key].get("decode_tok_s"), _not_benchmarked(status), cfg)
+            )
+    gated = [k for k in gated if facts.get(k, {}).get("status") == "ok"]
     if not gated:
         return result
     with TimingWorker.reference(n_threads, timeout_s) as ref:
         for key in gated:
-            log(f"  timing {key} against the reference workload: {cfg.rounds} rounds, {n_threads} threads")
-            with TimingWorker.artifact(artifact_path(current, bench, key), n_threads, timeout_s) as art:
-                norm, secs = normalized_rounds(art, ref, cfg.rounds, cfg.decode_tokens)
             stored = saved[key]
+            log(f"  timing {key} against the reference workload: {cfg.rounds} rounds, {n_threads} threads")
+            path = artifact_path(current, bench, key)
+            try:
+                with TimingWorker.artifact(path, n_threads, timeout_s, role="current") as art:
+                    norm, secs = normalized_rounds(art, ref, cfg.rounds, cfg.decode_tokens)
+            except TimingFailure as e:
+                if e.role != "current":
+                    raise  # the reference workload failed: an error, not a regression
+                result.rows.append(_untimed_row(key, stored.get("decode_tok_s"), f"timing failed: {e}", cfg))
+                continue
             verdict = two_sample_gate(norm, stored["normalized_rounds"], cfg.allowed_slowdown)
             result.rows.append(
                 _latency_row(key, verdict, stored.get("decode_tok_s"), _tok_s(secs), "vs reference workload:")

@@ -36,6 +36,7 @@ from edgesft import __version__
 from edgesft.benchmark import machine_info
 from edgesft.errors import EdgesftError
 from edgesft.io import atomic_file, atomic_write_json, atomic_write_text, read_json
+from edgesft.quality import POINT_METRICS
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -54,7 +55,6 @@ LIBRARIES = (
     "optimum",
 )
 MODEL_STAGES = ("train", "merge", "prune")
-TASK_METRICS = ("exact_match", "intent_accuracy", "slot_f1", "valid_json")
 METRIC_LABELS = {
     "exact_match": "exact match",
     "intent_accuracy": "intent",
@@ -121,7 +121,7 @@ def build_report(run_dir: Path) -> dict[str, Any]:
         "pareto": pareto_front(points),
         "quality_metric": axis.name if axis else None,
         "verify": {key: rec.get("status") for key, rec in verify.items()},
-        "primary": _dig(export, "info", "primary") or _dig(export, "metrics", "primary"),
+        "primary": bundle_primary(export),
         "bench": (
             {k: bench.get(k) for k in ("threads", "reference_stage", "val_rows", "test_rows", "seconds")}
             if bench
@@ -194,7 +194,7 @@ def _environment(manifests: dict[str, dict[str, Any]], bench: dict[str, Any] | N
 def _test_metrics(test: Any) -> dict[str, Any] | None:
     if not isinstance(test, dict):
         return None
-    return {k: test[k] for k in ("n", *TASK_METRICS) if test.get(k) is not None}
+    return {k: test[k] for k in ("n", *POINT_METRICS) if test.get(k) is not None}
 
 
 def _quality_by_stage(manifests: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -264,6 +264,29 @@ def _export_artifacts(run_dir: Path, manifests: dict[str, dict[str, Any]]) -> di
                 ),
             }
     return out
+
+
+def bundle_primary(export: Any) -> str | None:
+    """The export bundle's primary artifact name (a GGUF file or an ONNX folder) from the export stage's
+    manifest, None without one."""
+    name = _dig(export, "info", "primary") or _dig(export, "metrics", "primary")
+    return name if isinstance(name, str) else None
+
+
+def primary_key(artifacts: dict[str, dict[str, Any]], primary: str | None) -> str | None:
+    """The primary artifact as an artifact key (``gguf/<file>`` or ``onnx/<folder>``): the one the export
+    bundle names (``primary``, see :func:`bundle_primary`); without one, the first GGUF, else the first
+    ONNX, else the first torch artifact that benchmarked ok; None when none did. The report marks this
+    artifact and ``edgesft check`` gates its decode time by default."""
+    if primary:
+        for key in (f"gguf/{primary}", f"onnx/{primary}"):
+            if key in artifacts:
+                return key
+    for kind in ("gguf", "onnx", "torch"):
+        for key, a in artifacts.items():
+            if a.get("kind") == kind and a.get("status") == "ok":
+                return key
+    return None
 
 
 def pareto_front(points: dict[str, tuple[float, float]]) -> list[str]:
@@ -410,13 +433,8 @@ def _median(a: dict[str, Any], *path: str) -> float | None:
     return float(v) if isinstance(v, (int, float)) else None
 
 
-def _primary_key(report: dict[str, Any]) -> str | None:
-    primary = report.get("primary")
-    return next((k for k in report["artifacts"] if k.split("/", 1)[-1] == primary), None)
-
-
 def _label(report: dict[str, Any], key: str) -> str:
-    return f"{key} (primary)" if key == _primary_key(report) else key
+    return f"{key} (primary)" if key == primary_key(report["artifacts"], report.get("primary")) else key
 
 
 def _tables(report: dict[str, Any]) -> dict[str, Table]:
@@ -464,7 +482,7 @@ def _tables(report: dict[str, Any]) -> dict[str, Table]:
                 _num(q["params_total"], 0) if q["params_total"] is not None else "–",
                 _num(q["val_loss"], 4),
                 _num(q["val_perplexity"]),
-                *(_pct(test.get(m)) for m in TASK_METRICS),
+                *(_pct(test.get(m)) for m in POINT_METRICS),
                 _num(test.get("n"), 0),
             ]
         )
@@ -475,7 +493,7 @@ def _tables(report: dict[str, Any]) -> dict[str, Table]:
             "params",
             "val loss",
             "val ppl",
-            *(f"{METRIC_LABELS[m]} %" for m in TASK_METRICS),
+            *(f"{METRIC_LABELS[m]} %" for m in POINT_METRICS),
             "test n",
         ],
         q_rows,
@@ -542,7 +560,7 @@ def _tables(report: dict[str, Any]) -> dict[str, Table]:
     )
 
     test_keys = [
-        m for m in TASK_METRICS if any(_dig(a, "quality", "test", m) is not None for a in arts.values())
+        m for m in POINT_METRICS if any(_dig(a, "quality", "test", m) is not None for a in arts.values())
     ]
     quality_rows = []
     for key, a in arts.items():
@@ -773,7 +791,7 @@ def _plot_sizes(report: dict[str, Any]) -> Plot:
 def _plot_stage_quality(report: dict[str, Any]) -> Plot:
     name, title = "stage_quality", "Quality after each stage"
     rows = report["quality_by_stage"]
-    metrics = [m for m in TASK_METRICS if any((r["test"] or {}).get(m) is not None for r in rows)]
+    metrics = [m for m in POINT_METRICS if any((r["test"] or {}).get(m) is not None for r in rows)]
     ppl = [(r["stage"], r["val_perplexity"]) for r in rows if r["val_perplexity"] is not None]
     if not rows or (not metrics and not ppl):
         return Plot(name, title, None, "No model stage recorded quality figures in this run.", "")

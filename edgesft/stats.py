@@ -15,13 +15,31 @@ from dataclasses import dataclass
 import numpy as np
 
 
+def _rounds(values: Sequence[float]) -> np.ndarray:
+    """One series of timings as a float array: one-dimensional, non-empty and positive, else ValueError."""
+    x = np.asarray(values, dtype=float)
+    if x.ndim != 1 or x.size == 0:
+        raise ValueError(f"need a non-empty series of rounds (got shape {x.shape})")
+    if (x <= 0).any():
+        raise ValueError("timings must be positive")
+    return x
+
+
+def _bootstrap_medians(x: np.ndarray, rng: np.random.Generator, resamples: int) -> np.ndarray:
+    """The median of each of ``resamples`` resamples of ``x`` (rounds drawn with replacement)."""
+    return np.median(x[rng.integers(0, x.size, size=(resamples, x.size))], axis=1)
+
+
+def _percentiles(values: np.ndarray, confidence: float) -> tuple[float, float]:
+    tail = (1.0 - confidence) / 2.0
+    return float(np.quantile(values, tail)), float(np.quantile(values, 1.0 - tail))
+
+
 def per_round_ratios(current: Sequence[float], baseline: Sequence[float]) -> np.ndarray:
     """current[i] / baseline[i] for each round (times: above 1 means slower)."""
-    a, b = np.asarray(current, dtype=float), np.asarray(baseline, dtype=float)
-    if a.shape != b.shape or a.ndim != 1 or a.size == 0:
-        raise ValueError(f"need two equal, non-empty series of rounds (got {a.shape} and {b.shape})")
-    if (b <= 0).any() or (a <= 0).any():
-        raise ValueError("timings must be positive")
+    a, b = _rounds(current), _rounds(baseline)
+    if a.shape != b.shape:
+        raise ValueError(f"need two equal series of rounds (got {a.shape} and {b.shape})")
     return a / b
 
 
@@ -30,16 +48,18 @@ def bootstrap_ci(
 ) -> tuple[float, float]:
     """Percentile bootstrap interval of the median of ``values``."""
     x = np.asarray(values, dtype=float)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, x.size, size=(resamples, x.size))
-    medians = np.median(x[idx], axis=1)
-    tail = (1.0 - confidence) / 2.0
-    return float(np.quantile(medians, tail)), float(np.quantile(medians, 1.0 - tail))
+    return _percentiles(_bootstrap_medians(x, np.random.default_rng(seed), resamples), confidence)
 
 
 @dataclass(frozen=True)
 class Verdict:
-    """Outcome of a latency gate on interleaved rounds."""
+    """Outcome of either latency gate: :func:`latency_gate` (interleaved rounds, median of the per-round
+    time ratios) or :func:`two_sample_gate` (a stored baseline, ratio of the two sets' medians).
+
+    ``median_ratio`` and the interval ``ci_low``-``ci_high`` are current / baseline time (above 1 is slower);
+    ``rounds`` counts the current rounds; ``regression`` is true when ``ci_low`` lies above
+    ``1 + allowed_slowdown``.
+    """
 
     median_ratio: float
     ci_low: float
@@ -86,17 +106,11 @@ def two_sample_gate(
     reference workload, so the sets are independent samples, and each is resampled on its own (percentile
     bootstrap of the ratio of medians). Fails only when the whole interval lies above ``1 + allowed_slowdown``.
     """
-    a, b = np.asarray(current, dtype=float), np.asarray(baseline, dtype=float)
-    if a.ndim != 1 or b.ndim != 1 or a.size == 0 or b.size == 0:
-        raise ValueError(f"need two non-empty series of rounds (got {a.shape} and {b.shape})")
-    if (a <= 0).any() or (b <= 0).any():
-        raise ValueError("timings must be positive")
+    a, b = _rounds(current), _rounds(baseline)
     rng = np.random.default_rng(seed)
-    med_a = np.median(a[rng.integers(0, a.size, size=(resamples, a.size))], axis=1)
-    med_b = np.median(b[rng.integers(0, b.size, size=(resamples, b.size))], axis=1)
-    ratios = med_a / med_b
-    tail = (1.0 - confidence) / 2.0
-    low, high = float(np.quantile(ratios, tail)), float(np.quantile(ratios, 1.0 - tail))
+    med_a = _bootstrap_medians(a, rng, resamples)
+    med_b = _bootstrap_medians(b, rng, resamples)
+    low, high = _percentiles(med_a / med_b, confidence)
     return Verdict(
         median_ratio=float(np.median(a) / np.median(b)),
         ci_low=low,

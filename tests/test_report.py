@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from edgesft.report import (
     _schema,
     build_report,
     pareto_front,
+    primary_key,
     screenshot,
     validate_report,
     write_report,
@@ -379,31 +381,72 @@ def test_report_validates_and_embeds_every_plot(tmp_path: Path) -> None:
     assert "## Pareto front" in md and "- gguf/phone-Q8_0.gguf: 30.0 tok/s" in md
 
 
-def test_schema_rejects_broken_reports(tmp_path: Path) -> None:
-    report = build_report(make_run(tmp_path))
-    validate_report(report)
+BROKEN_REPORTS: dict[str, Callable[[dict[str, Any]], Any]] = {
+    "status": lambda r: r["artifacts"]["gguf/phone-Q8_0.gguf"].update(status="exploded"),
+    "n": lambda r: r["artifacts"]["torch/merge"]["latency"]["decode"]["0"]["tok_s"].pop("n"),
+    "median": lambda r: r["artifacts"]["torch/merge"]["latency"]["prefill"]["128"]["ttft_s"].update(
+        median="fast"
+    ),
+    "ok without decode figure": lambda r: r["artifacts"]["torch/merge"]["latency"]["decode"]["0"].pop(
+        "tok_s"
+    ),
+    "fraction": lambda r: r["artifacts"]["torch/merge"]["bandwidth"]["bound"]["0"].update(fraction=-0.5),
+    "error": lambda r: r["artifacts"]["onnx/int4"].update(error=None),
+    "schema": lambda r: r.update(schema="edgesft.report/0"),
+    "environment": lambda r: r["environment"].pop("cpu_model"),
+    "exact_match": lambda r: r["quality_by_stage"][0]["test"].update(exact_match=47.0),
+    "extra": lambda r: r.update(surprise=1),
+}
 
-    def broken(change: Any) -> dict[str, Any]:
-        copy = json.loads(json.dumps(report))
-        change(copy)
-        return copy
 
-    cases = {
-        "status": lambda r: r["artifacts"]["gguf/phone-Q8_0.gguf"].update(status="exploded"),
-        "n": lambda r: r["artifacts"]["torch/merge"]["latency"]["decode"]["0"]["tok_s"].pop("n"),
-        "median": lambda r: r["artifacts"]["torch/merge"]["latency"]["prefill"]["128"]["ttft_s"].update(
-            median="fast"
-        ),
-        "error": lambda r: r["artifacts"]["onnx/int4"].update(error=None),
-        "schema": lambda r: r.update(schema="edgesft.report/0"),
-        "environment": lambda r: r["environment"].pop("cpu_model"),
-        "exact_match": lambda r: r["quality_by_stage"][0]["test"].update(exact_match=47.0),
-        "extra": lambda r: r.update(surprise=1),
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    built = build_report(make_run(tmp_path_factory.mktemp("schema")))
+    validate_report(built)
+    return built
+
+
+@pytest.mark.parametrize("case", BROKEN_REPORTS)
+def test_schema_rejects_broken_reports(report: dict[str, Any], case: str) -> None:
+    broken = json.loads(json.dumps(report))
+    BROKEN_REPORTS[case](broken)
+    with pytest.raises(EdgesftError, match="report.json"):
+        validate_report(broken)
+
+
+def test_schema_accepts_unmeasured_figures(tmp_path: Path) -> None:
+    """An artifact whose decode could not be measured has a null bandwidth fraction (bench.json as the bench
+    stage writes it); a failed one may carry only part of its latency figures."""
+    run = make_run(tmp_path)
+    bench = json.loads((run / "bench" / "bench.json").read_text())
+    q4 = bench["artifacts"]["gguf/phone-Q4_K_M.gguf"]
+    q4["bandwidth"]["bound"]["0"].update(fraction=None, bound_tok_s=None)
+    q4["latency"]["decode"].pop("0")
+    failed = bench["artifacts"]["onnx/int4"]
+    failed["latency"] = {"threads": 2, "prefill": {"128": {}}, "decode": {"0": {}}}
+    failed["bandwidth"] = {
+        "weight_bytes": 10,
+        "bound": {"0": {"bytes_per_token": 10, "bound_tok_s": 1.0, "fraction": None}},
     }
-    for name, change in cases.items():
-        with pytest.raises(EdgesftError, match="report.json"):
-            validate_report(broken(change))
-        assert name  # the case label shows in the traceback
+    (run / "bench" / "bench.json").write_text(json.dumps(bench))
+    write_report(run, tmp_path / "out")  # validates before it writes
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["artifacts"]["gguf/phone-Q4_K_M.gguf"]["bandwidth"]["bound"]["0"]["fraction"] is None
+
+
+def test_primary_artifact_rule() -> None:
+    arts = {
+        "torch/merge": {"kind": "torch", "status": "ok"},
+        "onnx/int4": {"kind": "onnx", "status": "ok"},
+        "gguf/a.gguf": {"kind": "gguf", "status": "crashed"},
+        "gguf/b.gguf": {"kind": "gguf", "status": "ok"},
+    }
+    assert primary_key(arts, "int4") == "onnx/int4"  # the bundle's choice, whatever its status
+    assert primary_key(arts, "a.gguf") == "gguf/a.gguf"
+    assert primary_key(arts, None) == "gguf/b.gguf"  # no export: the first GGUF that benchmarked ok
+    assert primary_key(arts, "gone.gguf") == "gguf/b.gguf"
+    assert primary_key({"torch/merge": arts["torch/merge"]}, None) == "torch/merge"
+    assert primary_key({"gguf/a.gguf": arts["gguf/a.gguf"]}, None) is None
 
 
 def test_pareto_front_on_known_points() -> None:
@@ -460,6 +503,11 @@ def test_minimal_run_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str])
 
     assert main(["report", str(tmp_path / "nowhere")]) == 2
     assert "no such run folder" in capsys.readouterr().err
+    # an output folder that cannot be made: one line naming it, no traceback
+    (tmp_path / "a-file").write_text("")
+    assert main(["report", str(run), "--out", str(tmp_path / "a-file" / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {tmp_path / 'a-file' / 'r'}: ") and err.count("\n") == 1
     (tmp_path / "empty").mkdir()
     assert main(["report", str(tmp_path / "empty")]) == 2
     assert "no stage manifest.json" in capsys.readouterr().err

@@ -17,6 +17,37 @@ def test_per_round_ratio_cancels_shared_drift() -> None:
         per_round_ratios([1.0, 2.0], [1.0])
     with pytest.raises(ValueError, match="positive"):
         per_round_ratios([1.0, 0.0], [1.0, 1.0])
+    with pytest.raises(ValueError, match="non-empty"):
+        per_round_ratios([], [])
+
+
+def test_hand_computed_median_of_per_round_ratios() -> None:
+    # ratios 3, 2, 3, 1 -> sorted 1, 2, 3, 3 -> median (2 + 3) / 2
+    verdict = latency_gate([3.0, 2.0, 6.0, 1.0], [1.0, 1.0, 2.0, 1.0])
+    assert verdict.median_ratio == 2.5 and verdict.rounds == 4
+    assert 1.0 <= verdict.ci_low <= 2.5 <= verdict.ci_high <= 3.0  # a median of resamples stays in range
+
+
+def test_constant_ratios_give_that_ratio_and_a_zero_width_interval() -> None:
+    base = [1.0, 2.0, 0.5, 4.0, 0.25, 8.0]  # powers of two: r * t / t is exactly r
+    for r in (0.75, 1.0, 1.25, 3.0):
+        current = [r * t for t in base]
+        assert bootstrap_ci([r] * 7) == (r, r)
+        gate = latency_gate(current, base)
+        assert (gate.median_ratio, gate.ci_low, gate.ci_high) == (r, r, r)
+        assert two_sample_gate(current, base).median_ratio == r  # each set's median scales by r alone
+        two = two_sample_gate([r] * 5, [1.0] * 5)
+        assert (two.median_ratio, two.ci_low, two.ci_high) == (r, r, r)
+
+
+def test_regression_threshold_at_the_boundary() -> None:
+    base = [1.0, 2.0, 4.0, 8.0]
+    at_limit = latency_gate([1.25 * t for t in base], base, allowed_slowdown=0.25)
+    assert at_limit.ci_low == 1.25 and not at_limit.regression  # exactly 1 + allowed: not a regression
+    above = latency_gate([1.2500001 * t for t in base], base, allowed_slowdown=0.25)
+    assert above.ci_low > 1.25 and above.regression
+    assert not two_sample_gate([1.25] * 5, [1.0] * 5, allowed_slowdown=0.25).regression
+    assert two_sample_gate([1.2500001] * 5, [1.0] * 5, allowed_slowdown=0.25).regression
 
 
 def test_bootstrap_interval_covers_the_true_median() -> None:

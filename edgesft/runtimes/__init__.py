@@ -1,8 +1,8 @@
 """Artifact runtimes: one small class per runtime with the same methods, used by verification, chat and bench.
 
-Every runtime is native code that can crash on a given CPU (see the llama.cpp note in the README), so
-callers run these classes inside a subprocess (:mod:`edgesft.isolate`) and never import them in the
-pipeline's own process.
+The native runtimes (llama.cpp, onnxruntime, onnxruntime-genai) can crash on a given CPU (see the llama.cpp
+note in the README), so callers run them inside a subprocess (:mod:`edgesft.isolate`) and never import them
+in the pipeline's own process; only the PyTorch reference (:mod:`edgesft.runtimes.torch_rt`) runs there.
 """
 
 from __future__ import annotations

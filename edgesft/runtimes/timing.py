@@ -32,7 +32,9 @@ def _gguf_run(art: Any, ids: list[int], n: int) -> tuple[float, float, int]:
 def _onnx_run(art: Any, ids: list[int], n: int) -> tuple[float, float, int]:
     og = art._og
     params = og.GeneratorParams(art._model)
-    params.set_search_options(do_sample=False, num_beams=1, max_length=len(ids) + n + 1)
+    # min_length = max_length: an end-of-generation token must not end a timed run early (EOS is masked).
+    length = len(ids) + n + 1
+    params.set_search_options(do_sample=False, num_beams=1, max_length=length, min_length=length)
     gen = og.Generator(art._model, params)
     t0 = time.perf_counter()
     gen.append_tokens(np.asarray(ids, dtype=np.int32))
@@ -51,7 +53,9 @@ def _torch_run(art: Any, ids: list[int], n: int) -> tuple[float, float, int]:
 
     with torch.no_grad():
         t0 = time.perf_counter()
-        out = art.model(input_ids=torch.tensor([ids]), use_cache=True)
+        # logits_to_keep=1: only the last position goes through the LM head, as llama.cpp and
+        # onnxruntime-genai run a prompt (the head is ~20% of SmolLM2's prefill FLOPs).
+        out = art.model(input_ids=torch.tensor([ids]), use_cache=True, logits_to_keep=1)
         prefill = time.perf_counter() - t0
         past, logits = out.past_key_values, out.logits
         decode = 0.0

@@ -146,14 +146,22 @@ def write_reference(model_path: Path, sequences: list[dict[str, Any]], folder: P
 
 
 def bandwidth_bound(
-    path: Path, config: dict[str, Any], depths: list[int], bandwidth_gb_s: float, decode: dict[str, Any]
+    path: Path,
+    config: dict[str, Any],
+    depths: list[int],
+    new_tokens: int,
+    bandwidth_gb_s: float,
+    decode: dict[str, Any],
 ) -> dict[str, Any]:
-    """Bytes a decode step reads at each depth, the tokens/s that bandwidth allows, and the measured share."""
+    """Bytes a decode step reads at each depth, the tokens/s that bandwidth allows, and the measured share.
+
+    A timed run decodes ``new_tokens`` tokens from depth d, so its steps read the KV cache at d + n/2 on
+    average."""
     weights = weight_bytes(path)
     kv = kv_bytes_per_position(config, kv_element_bytes(path))
     bound: dict[str, Any] = {}
     for d in depths:
-        per_token = weights + kv * d
+        per_token = int(weights + kv * (max(d, 1) + new_tokens / 2))
         limit = bandwidth_gb_s * 1e9 / per_token
         measured = decode.get(str(d), {}).get("tok_s", {}).get("median")
         bound[str(d)] = {
@@ -192,7 +200,7 @@ def run(recipe: Recipe, inputs: StageInputs, out_dir: Path) -> StageResult:
         print(f"  reference log-probs of the tuned model ({ref}) on {len(sequences)} validation rows")
         write_reference(ref_path, sequences, reference_dir, threads)
     test_file = data_dir / "test.jsonl"
-    test_rows = cfg.quality.test_rows or len(load_rows(test_file))
+    test_rows = len(load_rows(test_file)[: cfg.quality.test_rows])
     quality_req = {
         "sequences": str(seq_file),
         "reference_dir": str(reference_dir) if sequences else None,
@@ -235,8 +243,14 @@ def run(recipe: Recipe, inputs: StageInputs, out_dir: Path) -> StageResult:
             print(f"  {t['key']}: {rec['status'].upper()}: {e}")
             continue
         rec.update(got)
+        config = _torch_config(path) if t["kind"] == "torch" else source_config
         rec["bandwidth"] = bandwidth_bound(
-            path, source_config, cfg.latency.decode_depths, bandwidth, rec["latency"]["decode"]
+            path,
+            config,
+            cfg.latency.decode_depths,
+            cfg.latency.decode_tokens,
+            bandwidth,
+            rec["latency"]["decode"],
         )
         rec["seconds"] = round(time.perf_counter() - t0, 1)
         print("  " + summary_line(t["key"], rec))
@@ -251,6 +265,14 @@ def run(recipe: Recipe, inputs: StageInputs, out_dir: Path) -> StageResult:
     }
     atomic_write_json(out_dir / "bench.json", report)
     return StageResult(metrics=report, info={"reference_stage": ref})
+
+
+def _torch_config(path: Path) -> dict[str, Any]:
+    from edgesft.runtimes.torch_rt import model_and_tokenizer_dirs
+
+    config = read_json(model_and_tokenizer_dirs(path)[0] / "config.json")
+    assert isinstance(config, dict)
+    return config
 
 
 def _model_config(inputs: StageInputs) -> dict[str, Any]:
