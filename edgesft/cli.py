@@ -258,6 +258,16 @@ def _positive_int(text: str) -> int:
     return n
 
 
+def _timing_options(p: argparse.ArgumentParser, rounds_help: str, artifact_help: str) -> None:
+    """Options `check` and `bench --save-baseline` share."""
+    p.add_argument("--recipe", help="recipe whose bench.check settings apply")
+    p.add_argument("--rounds", type=_positive_int, metavar="N", help=rounds_help)
+    p.add_argument("--threads", type=_positive_int, metavar="N", help="threads for every timed runtime")
+    p.add_argument(
+        "--artifact", dest="artifacts", action="extend", nargs="+", metavar="KEY", help=artifact_help
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="edgesft",
@@ -322,21 +332,13 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="baseline .json (edgesft bench --save-baseline), another run folder, or an artifact",
     )
-    ck.add_argument("--recipe", help="recipe whose bench.check settings apply")
     ck.add_argument(
         "--allowed-slowdown", type=float, metavar="X", help="e.g. 0.10: fail beyond +10%% decode time"
     )
-    ck.add_argument(
-        "--rounds", type=_positive_int, metavar="N", help="interleaved timing rounds (at least 10)"
-    )
-    ck.add_argument("--threads", type=_positive_int, metavar="N", help="threads for every timed runtime")
-    ck.add_argument(
-        "--artifact",
-        dest="artifacts",
-        action="extend",
-        nargs="+",
-        metavar="KEY",
-        help="artifacts whose decode time is gated, e.g. gguf/phone-Q4_K_M.gguf (default: the primary)",
+    _timing_options(
+        ck,
+        "interleaved timing rounds (at least 10)",
+        "artifacts whose decode time is gated, e.g. gguf/phone-Q4_K_M.gguf (default: the primary)",
     )
     ck.add_argument("--json", action="store_true", help="machine-readable output")
     ck.set_defaults(func=cmd_check)
@@ -351,21 +353,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="write a baseline (default: bench/baselines/<run name>.json)",
     )
-    bn.add_argument("--recipe", help="recipe whose bench.check settings apply")
-    bn.add_argument(
-        "--rounds",
-        type=_positive_int,
-        metavar="N",
-        help="timing rounds against the reference workload (at least 10)",
-    )
-    bn.add_argument("--threads", type=_positive_int, metavar="N", help="threads for every timed runtime")
-    bn.add_argument(
-        "--artifact",
-        dest="artifacts",
-        action="extend",
-        nargs="+",
-        metavar="KEY",
-        help="artifacts to time (default: the primary)",
+    _timing_options(
+        bn,
+        "timing rounds against the reference workload (at least 10)",
+        "artifacts to time (default: the primary)",
     )
     bn.set_defaults(func=cmd_bench)
 
