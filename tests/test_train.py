@@ -158,7 +158,7 @@ def test_extra_special_tokens_and_packing(tmp_path: Path) -> None:
 def test_ci_smoke_recipe_end_to_end_then_all_cache_hits(tmp_path: Path) -> None:
     first = _cli(["run", "recipes/ci-smoke.yaml", "--root", str(tmp_path)])
     assert first.returncode == 0, first.stderr[-2000:]
-    table = first.stdout[first.stdout.index("stage  ") :].splitlines()
+    table = first.stdout[first.stdout.index("stage  ") :].split("\nreport: ")[0].splitlines()
     assert "exact" in table[0] and [row.split()[0] for row in table[1:]] == [
         "base",
         "train",
