@@ -291,29 +291,25 @@ def measure_latency(art: Any, cfg: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float64)
-    m = x.max(axis=-1, keepdims=True)
-    return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
-
-
 def score(art: Any, sequences: list[dict[str, Any]], reference_dir: str | None) -> dict[str, Any]:
     """Answer perplexity of teacher-forced ``sequences`` ({ids, positions, targets}); with reference log-probs
     (``reference_dir/ref_<i>.npy``, rows at ``positions``): mean and p99 KL(reference || artifact) and top-1
     agreement."""
+    from edgesft.verify import log_prob_agreement, log_softmax
+
     nll, kls, agree = [], [], []
     for i, seq in enumerate(sequences):
         pos, targets = np.asarray(seq["positions"]), np.asarray(seq["targets"])
         if pos.size == 0:
             continue
-        lq = _log_softmax(np.asarray(art.logits(seq["ids"]))[pos])
+        lq = log_softmax(np.asarray(art.logits(seq["ids"]))[pos])
         nll.append(-lq[np.arange(pos.size), targets])
         if reference_dir is not None:
             lp = np.load(Path(reference_dir) / f"ref_{i}.npy").astype(np.float64)
             width = min(lp.shape[1], lq.shape[1])  # a vocabulary padded for alignment has extra columns
-            lp_w, lq_w = lp[:, :width], lq[:, :width]
-            kls.append(np.maximum((np.exp(lp_w) * (lp_w - lq_w)).sum(-1), 0.0))
-            agree.append(lp_w.argmax(-1) == lq_w.argmax(-1))
+            kl, same = log_prob_agreement(lp[:, :width], lq[:, :width])
+            kls.append(kl)
+            agree.append(same)
     out: dict[str, Any] = {"val_perplexity": None, "val_tokens": 0}
     if nll:
         all_nll = np.concatenate(nll)

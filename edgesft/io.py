@@ -84,6 +84,13 @@ def link_tree(src: Path, dst: Path) -> None:
     shutil.copytree(src, dst, copy_function=link_or_copy)
 
 
+def path_size(path: Path) -> int:
+    """Bytes on disk of a file, or of every file under a folder."""
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return path.stat().st_size
+
+
 def read_json(path: Path) -> Any | None:
     """Parsed JSON, or None when the file is missing or not valid JSON."""
     try:

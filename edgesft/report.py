@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from edgesft import __version__
 from edgesft.benchmark import machine_info
 from edgesft.errors import EdgesftError
-from edgesft.io import atomic_file, atomic_write_json, atomic_write_text, read_json
+from edgesft.io import atomic_file, atomic_write_json, atomic_write_text, path_size, read_json
 from edgesft.quality import POINT_METRICS
 
 if TYPE_CHECKING:
@@ -243,9 +243,7 @@ def _export_artifacts(run_dir: Path, manifests: dict[str, dict[str, Any]]) -> di
             logits = _dig(rec, "checks", "logits") or {}
             size = a.get("bytes", a.get("size_bytes"))
             if size is None and (run_dir / key).exists():
-                path = run_dir / key
-                files = path.rglob("*") if path.is_dir() else [path]
-                size = sum(f.stat().st_size for f in files if f.is_file())
+                size = path_size(run_dir / key)
             ok = a.get("status") == "ok"
             out[key] = {
                 "kind": stage,

@@ -157,17 +157,22 @@ class Reference:
 # Comparison
 
 
-def _log_softmax(x: np.ndarray) -> np.ndarray:
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    """Log-probabilities over the last axis, in float64."""
     x = x.astype(np.float64)
     m = x.max(axis=-1, keepdims=True)
     return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
 
 
+def log_prob_agreement(lp: np.ndarray, lq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per position, from log-probabilities: KL(p || q) in nats, and whether the top-1 tokens agree."""
+    kl = (np.exp(lp) * (lp - lq)).sum(axis=-1)
+    return np.maximum(kl, 0.0), lp.argmax(-1) == lq.argmax(-1)
+
+
 def logit_agreement(ref: np.ndarray, art: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per position: KL(ref || art) in nats, and whether the top-1 tokens agree."""
-    lp, lq = _log_softmax(ref), _log_softmax(art)
-    kl = (np.exp(lp) * (lp - lq)).sum(axis=-1)
-    return np.maximum(kl, 0.0), ref.argmax(-1) == art.argmax(-1)
+    return log_prob_agreement(log_softmax(ref), log_softmax(art))
 
 
 def _first_diff(a: str, b: str) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from edgesft.chat import encode_conversation
 from edgesft.config import Recipe
 from edgesft.data import load_rows
 from edgesft.errors import EdgesftError
-from edgesft.io import atomic_write_json, read_json
+from edgesft.io import atomic_write_json, path_size, read_json
 from edgesft.isolate import IsolatedFailure, call
 from edgesft.pipeline import StageInputs, StageResult
 from edgesft.stages.gguf import SOFT_PROMPT
@@ -67,13 +67,11 @@ def _runtime(kind: str) -> str:
 
 def _size(path: Path, kind: str) -> int:
     """Bytes on disk: the .gguf file, the ONNX folder, the PyTorch model's safetensors."""
-    if path.is_file():
-        return path.stat().st_size
     if kind == "torch":
         from edgesft.runtimes.torch_rt import model_and_tokenizer_dirs
 
         return sum(f.stat().st_size for f in model_and_tokenizer_dirs(path)[0].glob("*.safetensors"))
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return path_size(path)
 
 
 def targets(inputs: StageInputs, with_torch: bool) -> list[dict[str, Any]]:
@@ -134,14 +132,14 @@ def scored_sequences(tok: Any, rows: list[Any], max_length: int) -> list[dict[st
 
 def write_reference(model_path: Path, sequences: list[dict[str, Any]], folder: Path, threads: int) -> None:
     """Log-probabilities of the tuned fp32 model at every scored position (``ref_<i>.npy``)."""
-    from edgesft.benchmark import _log_softmax
     from edgesft.runtimes.torch_rt import TorchArtifact
+    from edgesft.verify import log_softmax
 
     folder.mkdir(parents=True, exist_ok=True)
     model = TorchArtifact(model_path, threads=threads)
     for i, seq in enumerate(sequences):
         logits = np.asarray(model.logits(seq["ids"]))[np.asarray(seq["positions"], dtype=int)]
-        np.save(folder / f"ref_{i}.npy", _log_softmax(logits).astype(np.float32))
+        np.save(folder / f"ref_{i}.npy", log_softmax(logits).astype(np.float32))
     model.close()
 
 

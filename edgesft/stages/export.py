@@ -19,7 +19,7 @@ from edgesft import __version__
 from edgesft.bundle import TEMPLATES, check_modelfile, fill, modelfile
 from edgesft.config import Recipe
 from edgesft.errors import EdgesftError
-from edgesft.io import atomic_write_text, link_or_copy, link_tree, sha256_file
+from edgesft.io import atomic_write_text, link_or_copy, link_tree, path_size, sha256_file
 from edgesft.models import default_context_length, generation_eos_ids, head_dim
 from edgesft.pipeline import StageInputs, StageResult
 from edgesft.stages.verify import ARTIFACT_STAGES
@@ -27,14 +27,6 @@ from edgesft.stages.verify import ARTIFACT_STAGES
 
 def skip(recipe: Recipe, manifests: dict[str, dict[str, Any]]) -> str | None:
     return None if any(s in manifests for s in ARTIFACT_STAGES) else "no gguf or onnx stage ran"
-
-
-def _size(path: Path) -> int:
-    return (
-        sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-        if path.is_dir()
-        else path.stat().st_size
-    )
 
 
 def _human(n: float) -> str:
@@ -67,7 +59,7 @@ def run(recipe: Recipe, inputs: StageInputs, out_dir: Path) -> StageResult:
                     "exporter": a.get(
                         "exporter", "edgesft + llama.cpp quantizer" if stage == "gguf" else None
                     ),
-                    "bytes": _size(src),
+                    "bytes": path_size(src),
                     "sha256": sha256_file(src) if src.is_file() else None,
                     "verification": v["status"] if v else "not verified",
                     "failed_checks": (v or {}).get("failed_checks", []),
