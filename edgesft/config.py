@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edgesft.errors import RecipeError
 
@@ -406,25 +406,37 @@ class GgufConfig(_Section):
 
 
 class OnnxVariant(_Section):
-    """One ONNX model folder (with KV cache) in the export."""
+    """One ONNX model folder (with KV cache) in the export, made by onnxruntime-genai's model builder."""
 
     name: str = Field("int4", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     """Folder name of this variant."""
-    exporter: Literal["optimum", "genai_builder"] = "optimum"
-    """optimum's ONNX exporter then onnxruntime's quantizers, or onnxruntime-genai's model builder."""
+    exporter: Literal["genai_builder"] = "genai_builder"
+    """onnxruntime-genai's model builder (the only exporter; its graph runs in onnxruntime and genai)."""
     precision: Literal["fp32", "fp16", "int8", "int4"] = "int4"
-    """Weights: float, int8 dynamic quantization, or int4 weight-only (MatMulNBits)."""
+    """Weights: float, or int8 / int4 weight-only blocks (MatMulNBits)."""
     block_size: Literal[16, 32, 64, 128, 256] = 32
-    """int4: weights per quantization block."""
+    """int4/int8: weights per quantization block."""
     symmetric: bool = True
-    """int4: symmetric blocks (no zero point)."""
+    """int4/int8: symmetric blocks (no zero point)."""
     accuracy_level: Literal[0, 1, 2, 3, 4] = 4
-    """int4: MatMulNBits compute type (0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8 activations)."""
-    algorithm: Literal["rtn", "hqq", "gptq"] = "rtn"
-    """int4 (optimum exporter): round-to-nearest, HQQ, or GPTQ on calibration rows."""
+    """int4/int8: MatMulNBits compute type (0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8 activations)."""
+    algorithm: Literal["rtn", "k_quant", "hqq", "gptq"] = "rtn"
+    """int4: round-to-nearest or k-quant (the builder's own), HQQ, or GPTQ on calibration rows (onnxruntime's
+    quantizer on the builder's fp32 graph)."""
     quantize_embedding: bool = True
-    """int4 RTN (optimum exporter): also quantize the token embedding (GatherBlockQuantized); float
-    embeddings are a third of a 135M model's fp32 file."""
+    """int4 with rtn or k_quant: also quantize the token embedding (GatherBlockQuantized), shared with the
+    LM head when the model ties them; float embeddings are a third of a 135M model's fp32 file."""
+
+    @field_validator("exporter", mode="before")
+    @classmethod
+    def _removed_exporter(cls, value: Any) -> Any:
+        if value == "optimum":
+            raise ValueError(
+                "exporter 'optimum' was removed (optimum-onnx cannot run on transformers 5): use "
+                "exporter: genai_builder, which makes every precision (fp32, fp16, int8, int4 with rtn, "
+                "k_quant, hqq or gptq)"
+            )
+        return value
 
 
 class OnnxConfig(_Section):
@@ -769,6 +781,7 @@ def _format_errors(exc: ValidationError, where: str, lines: dict[str, int], over
         elif err["type"] in ("literal_error", "enum"):
             msg = msg.replace("Input should be", "must be")
         else:
+            msg = msg.removeprefix("Value error, ")
             got = err.get("input")
             if not isinstance(got, dict | list):
                 msg += f" (got {got!r})"

@@ -49,7 +49,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -490,7 +490,7 @@ def save_baseline(
     record = {
         "schema": SCHEMA,
         "run": run.resolve().name,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "edgesft": __version__,
         "machine": bench.get("machine", {}),
         "threads": n_threads,

@@ -15,7 +15,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -289,7 +289,7 @@ def _run_stage(
         work.mkdir(parents=True, exist_ok=True)
         (work / "cache_key").write_text(key)
     barrier()
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     t0 = time.perf_counter()
     stage_inputs = StageInputs(recipe, dict(upstream), run_dir, work, dict(inputs))
     if spec.distributed or is_main():
@@ -314,7 +314,7 @@ def _run_stage(
             "outputs": hash_outputs(tmp),
             "versions": library_versions(),
             "started": started.isoformat(timespec="seconds"),
-            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "finished": datetime.now(UTC).isoformat(timespec="seconds"),
             "duration_s": round(time.perf_counter() - t0, 2),
             "metrics": result.metrics,
             "info": result.info,

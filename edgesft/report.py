@@ -25,7 +25,7 @@ import subprocess
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from html import escape
 from html.parser import HTMLParser
 from importlib import metadata, resources
@@ -106,7 +106,7 @@ def build_report(run_dir: Path) -> dict[str, Any]:
     verify = _dig(manifests, "verify", "metrics", "artifacts") or {}
     return {
         "schema": SCHEMA,
-        "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "generated": datetime.now(UTC).isoformat(timespec="seconds"),
         "edgesft": __version__,
         "run": run_dir.resolve().name,
         "run_dir": str(run_dir),

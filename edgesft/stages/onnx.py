@@ -1,9 +1,9 @@
 """Stage ``onnx``: the last model stage as ONNX folders for onnxruntime and onnxruntime-genai.
 
-optimum exports the model once (fp32, with KV cache); each ``export.onnx.variants`` entry is then quantized
-with onnxruntime's quantizers (int4 MatMulNBits with RTN/HQQ/GPTQ, int8 dynamic, fp16), or built by
-onnxruntime-genai's model builder. Every folder carries genai_config.json and the tokenizer, so
-``og.Model(folder)`` runs it (:mod:`edgesft.onnx_export`).
+onnxruntime-genai's model builder makes each ``export.onnx.variants`` entry (fp32, fp16, int8, int4 with
+RTN, k-quant, HQQ or GPTQ); every folder carries genai_config.json and the tokenizer, so ``og.Model(folder)``
+and a plain onnxruntime session both run it (:mod:`edgesft.onnx_export`). Variants are independent: one
+that fails is that artifact's failure, listed in the manifest, and the others are still made.
 
 Outputs: one folder per variant.
 """
@@ -44,23 +44,16 @@ def run(recipe: Recipe, inputs: StageInputs, out_dir: Path) -> StageResult:
     from transformers import AutoTokenizer
 
     from edgesft.chat import encode_conversation
-    from edgesft.onnx_export import build_variant, export_fp32
+    from edgesft.onnx_export import build_variant
 
     o = recipe.export.onnx
     source, src = source_model(inputs)
     names = [v.name for v in o.variants]
     if len(set(names)) != len(names):
         raise EdgesftError(f"export.onnx.variants: names must differ ({', '.join(names)})")
-    fp32_dir = None
     metrics: dict[str, Any] = {"source_stage": source}
-    if any(v.exporter == "optimum" for v in o.variants):
-        fp32_dir = inputs.work_dir / "fp32"
-        if not (fp32_dir / "model.onnx").is_file():
-            t0 = time.perf_counter()
-            metrics["fp32_export"] = export_fp32(src, fp32_dir, opset=o.opset)
-            print(f"  optimum export (fp32, KV cache) in {time.perf_counter() - t0:.1f}s")
     calibration = None
-    if any(v.algorithm == "gptq" and v.precision == "int4" and v.exporter == "optimum" for v in o.variants):
+    if any(v.algorithm == "gptq" and v.precision == "int4" for v in o.variants):
         tok = AutoTokenizer.from_pretrained(src)
         rows = load_rows(inputs.stage_dir("data") / "train.jsonl")
         rows = random.Random(recipe.seed).sample(rows, min(o.calibration_rows, len(rows)))
@@ -70,7 +63,7 @@ def run(recipe: Recipe, inputs: StageInputs, out_dir: Path) -> StageResult:
     for v in o.variants:
         t1 = time.perf_counter()
         try:
-            r = build_variant(fp32_dir, src, out_dir / v.name, v, context_length=ctx, calibration=calibration)
+            r = build_variant(src, out_dir / v.name, v, context_length=ctx, calibration=calibration)
         except EdgesftError as e:
             print(f"  {v.name}: FAILED: {e}")
             artifacts.append(

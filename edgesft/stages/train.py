@@ -481,7 +481,7 @@ def fit(
         gradient_accumulation_steps=cfg.grad_accum,
         learning_rate=cfg.learning_rate,
         lr_scheduler_type=cfg.lr_scheduler if cfg.lr_scheduler != "constant" else "constant_with_warmup",
-        warmup_ratio=cfg.warmup_ratio,
+        warmup_steps=cfg.warmup_ratio,  # transformers 5: a float under 1 is a fraction of the steps
         weight_decay=cfg.weight_decay,
         max_grad_norm=cfg.max_grad_norm if cfg.max_grad_norm > 0 else 0.0,
         num_train_epochs=cfg.epochs,
@@ -505,18 +505,21 @@ def fit(
         optim=cfg.optimizer,
         seed=seed,
         data_seed=seed,
-        report_to=["tensorboard"] if cfg.tensorboard else [],
-        logging_dir=str(log_dir / "tensorboard"),
+        report_to=[],  # TensorBoard, when asked for, is a callback with its own folder (below)
         disable_tqdm=True,
         remove_unused_columns=False,
-        group_by_length=group_by_length,
+        train_sampling_strategy="group_by_length" if group_by_length else "random",
         include_num_input_tokens_seen="non_padding",
         dataloader_num_workers=0,
         ddp_find_unused_parameters=False,
-        save_safetensors=True,
         prediction_loss_only=True,
     )
     callbacks = _callbacks()
+    if cfg.tensorboard and is_main():
+        from torch.utils.tensorboard import SummaryWriter
+        from transformers.integrations import TensorBoardCallback
+
+        callbacks.append(TensorBoardCallback(SummaryWriter(log_dir=str(log_dir / "tensorboard"))))
     if early:
         callbacks.append(
             EarlyStoppingCallback(cfg.early_stopping_patience, cfg.early_stopping_threshold)  # type: ignore[arg-type]
