@@ -240,6 +240,16 @@ def cmd_stages(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    import json
+
+    from edgesft.environment import doctor, format_doctor
+
+    report = doctor()
+    print(json.dumps(report, indent=2) if args.json else format_doctor(report))
+    return 0
+
+
 def cmd_recipe_reference(args: argparse.Namespace) -> int:
     from edgesft.docs import recipe_reference
 
@@ -359,6 +369,14 @@ def build_parser() -> argparse.ArgumentParser:
         "artifacts to time (default: the primary)",
     )
     bn.set_defaults(func=cmd_bench)
+
+    dr = sub.add_parser(
+        "doctor",
+        help="versions of edgesft's libraries, CUDA, onnxruntime providers and the llama.cpp build "
+        "(paste it into a bug report)",
+    )
+    dr.add_argument("--json", action="store_true", help="print JSON")
+    dr.set_defaults(func=cmd_doctor)
 
     s = sub.add_parser("stages", help="list the pipeline stages")
     s.set_defaults(func=cmd_stages)

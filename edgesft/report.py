@@ -28,12 +28,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from html import escape
 from html.parser import HTMLParser
-from importlib import metadata, resources
+from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgesft import __version__
 from edgesft.benchmark import machine_info
+from edgesft.environment import LIBRARIES
 from edgesft.errors import EdgesftError
 from edgesft.io import atomic_file, atomic_write_json, atomic_write_text, path_size, read_json
 from edgesft.quality import POINT_METRICS
@@ -44,16 +45,6 @@ if TYPE_CHECKING:
 
 SCHEMA = "edgesft.report/1"
 SCHEMA_FILE = "report.schema.json"
-LIBRARIES = (
-    "torch",
-    "transformers",
-    "peft",
-    "onnxruntime",
-    "onnxruntime-genai",
-    "llama-cpp-python",
-    "gguf",
-    "optimum",
-)
 MODEL_STAGES = ("train", "merge", "prune")
 METRIC_LABELS = {
     "exact_match": "exact match",
@@ -158,21 +149,14 @@ def _bench(run_dir: Path, manifests: dict[str, dict[str, Any]]) -> dict[str, Any
 def _environment(manifests: dict[str, dict[str, Any]], bench: dict[str, Any] | None) -> dict[str, Any]:
     """The machine the figures were measured on (bench's own record when it ran) and the library versions.
 
-    Versions recorded in the stage manifests win over the ones installed now: they are what produced the
-    figures. A library neither recorded nor installed is left out.
+    Versions are the ones the stage manifests recorded, i.e. those of the processes that produced the
+    figures (the latest stage's where they differ), never the ones installed where the report is rebuilt.
+    A library no stage recorded is left out.
     """
     recorded: dict[str, str] = {}
     for m in manifests.values():
         recorded.update(m.get("versions") or {})
-    libraries = {}
-    for lib in LIBRARIES:
-        version = recorded.get(lib)
-        if version is None:
-            try:
-                version = metadata.version(lib)
-            except metadata.PackageNotFoundError:
-                continue
-        libraries[lib] = version
+    libraries = {lib: recorded[lib] for lib in LIBRARIES if lib in recorded}
     machine = bench.get("machine") if bench else None
     env: dict[str, Any] = {}
     if isinstance(machine, dict):
@@ -184,7 +168,7 @@ def _environment(manifests: dict[str, dict[str, Any]], bench: dict[str, Any] | N
     else:
         env = {**machine_info(), "source": "report"}
     env.update(
-        platform=platform.platform(),
+        platform=recorded.get("platform", platform.platform()),
         python=recorded.get("python", platform.python_version()),
         libraries=libraries,
     )

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +18,26 @@ from tests.conftest import ROOT
 pytestmark = pytest.mark.slow
 
 
-def test_cached_tokenizer_matches_gguf_tokenizer_without_the_spurious_bos() -> None:
+def _llama_cpp_ids(gguf: Path, texts: list[str]) -> list[list[int]]:
+    """Token ids from llama.cpp itself (the GGUF's own runtime), in a child process: native code."""
+    script = (
+        "import json, sys, llama_cpp\n"
+        "m = llama_cpp.Llama(sys.argv[1], vocab_only=True, verbose=False)\n"
+        "texts = json.loads(sys.stdin.read())\n"
+        "print(json.dumps([m.tokenize(t.encode(), add_bos=False, special=True) for t in texts]))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(gguf)],
+        input=json.dumps(texts),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_cached_tokenizer_matches_llama_cpp_and_transformers_gguf_tokenizer() -> None:
     from transformers import AutoTokenizer
 
     ours = AutoTokenizer.from_pretrained(resolve_model(ModelConfig()).path)
@@ -27,12 +48,14 @@ def test_cached_tokenizer_matches_gguf_tokenizer_without_the_spurious_bos() -> N
         "  two  spaces 12345 café",
         "<|im_start|>user\nhi<|im_end|>\n",
         "emoji 😀",
+        "Grüße, naïve — 東京\n\n\tindent",
+        '{"intent":"set_alarm","slots":{"time":"07:15"}}',
     ]
-    for s in samples:
+    reference = _llama_cpp_ids(gguf, samples)
+    for s, ref in zip(samples, reference, strict=True):
         a = ours.encode(s)
-        b = theirs.encode(s)
-        assert b[0] == 1  # transformers' GGUF tokenizer prepends <|im_start|> although add_bos is false
-        assert a == b[1:], s
+        assert a == ref, s  # llama.cpp, which runs the exported files, splits the text the same way
+        assert a == theirs.encode(s), s  # transformers 5's GGUF tokenizer adds no BOS either (4.x did)
         assert ours.decode(a) == s  # byte-level decoder round-trips
     assert ours.encode("hi")[0] != ours.bos_token_id  # the GGUF says add_bos_token = false
     assert ours.eos_token == "<|im_end|>" and ours.pad_token_id == ours.eos_token_id
