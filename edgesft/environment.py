@@ -117,9 +117,14 @@ def format_doctor(report: dict[str, Any]) -> str:
         lines += ["", f"CUDA: available (torch built for CUDA {cuda.get('torch_cuda')}): {where}"]
     else:
         built = cuda.get("torch_cuda")
-        lines += ["", f"CUDA: not available ({'torch built for CUDA ' + built if built else 'CPU-only torch'})"]
+        lines += [
+            "",
+            f"CUDA: not available ({'torch built for CUDA ' + built if built else 'CPU-only torch'})",
+        ]
     providers = report["onnxruntime_providers"]
-    lines.append(f"onnxruntime providers: {', '.join(providers) if providers else 'onnxruntime not installed'}")
+    lines.append(
+        f"onnxruntime providers: {', '.join(providers) if providers else 'onnxruntime not installed'}"
+    )
     llama = report["llama_cpp"]
     if "error" in llama:
         lines.append(f"llama.cpp: cannot load ({llama['error']})")

@@ -132,7 +132,9 @@ _ORT_ALGOS = ("hqq", "gptq")
 
 def _check_variant(variant: OnnxVariant, where: str) -> None:
     if variant.algorithm != "rtn" and variant.precision != "int4":
-        raise EdgesftError(f"{where}: algorithm {variant.algorithm} is an int4 method, not {variant.precision}")
+        raise EdgesftError(
+            f"{where}: algorithm {variant.algorithm} is an int4 method, not {variant.precision}"
+        )
     if (
         variant.precision == "int4"
         and variant.algorithm in ("rtn", "k_quant")

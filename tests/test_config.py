@@ -141,3 +141,37 @@ def test_overrides_after_options_are_accepted(recipe_file: Path, capsys: pytest.
     assert exc.value.code == 2
     assert main(["validate", str(recipe_file), "train.lr=1"]) == 2
     assert "train.lr: unknown key" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_removed_optimum_exporter_is_one_line_with_the_replacement(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    p = tmp_path / "r.yaml"
+    p.write_text(
+        "export:\n  onnx:\n    variants:\n      - name: int4\n        exporter: optimum\n        precision: int4\n"
+    )
+    assert main([command, str(p), f"run_root={tmp_path / 'runs'}"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    (line,) = err.strip().splitlines()
+    assert line.startswith(f"error: {p}:5: export.onnx.variants.0.exporter: exporter 'optimum' was removed")
+    assert "use exporter: genai_builder" in line
+    assert not (tmp_path / "runs").exists()  # refused before anything is written
+
+
+def test_doctor_names_every_library_cuda_and_the_llama_cpp_build(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from edgesft.environment import LIBRARIES
+
+    assert main(["doctor", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    for lib in ("torch", "transformers", "peft", "bitsandbytes", "onnxruntime", "onnxruntime-genai"):
+        assert lib in LIBRARIES and report["versions"][lib]
+    assert report["versions"]["llama-cpp-python"] and report["versions"]["gguf"]
+    assert isinstance(report["cuda"]["available"], bool)
+    assert "AVX" in report["llama_cpp"]["system_info"] or "CPU" in report["llama_cpp"]["system_info"]
+    assert main(["doctor"]) == 0
+    text = capsys.readouterr().out
+    assert "transformers" in text and "CUDA:" in text and "llama.cpp build:" in text
