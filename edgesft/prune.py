@@ -585,6 +585,16 @@ def plan_pruning(
         raise EdgesftError(
             f"prune: kv_groups removes 0 to {kv_heads - 1} of {kv_heads} KV groups, got {kv_groups}"
         )
+    heads_after = (kv_heads - kv_groups) * per_group
+    if config.hidden_size % heads_after:
+        # transformers 5 validates every config it builds (LlamaConfig.validate_architecture) and ignores an
+        # explicit head_dim there: the pruned model could be saved but never loaded again.
+        fits = [g for g in range(kv_heads) if config.hidden_size % ((kv_heads - g) * per_group) == 0]
+        raise EdgesftError(
+            f"prune: removing {kv_groups} of {kv_heads} KV groups leaves {heads_after} attention heads, and "
+            f"transformers refuses a config whose hidden_size ({config.hidden_size}) is not a multiple of "
+            f"the head count; kv_groups that fit: {', '.join(map(str, fits))}"
+        )
     if depth_layers is not None:
         if not depth:
             raise EdgesftError("prune: depth_layers is set but depth pruning is off")
