@@ -502,8 +502,9 @@ def prune_kv_groups(model: Any, keep: int, importance: list[Any]) -> None:
         _slice_linear(attn.k_proj, 0, kv_rows)
         _slice_linear(attn.v_proj, 0, kv_rows)
         _slice_linear(attn.o_proj, 1, q_rows)
-        # transformers 4.57 infers the head count from q_proj's output (view(..., -1, head_dim)) and keeps
-        # only head_dim and num_key_value_groups, which do not change; older versions stored head counts.
+        # transformers (4.57 and 5.x) infers the head count from q_proj's output (view(..., -1, head_dim))
+        # and keeps only head_dim and num_key_value_groups, which do not change; older versions stored head
+        # counts.
         for name, value in (
             ("num_heads", keep * per_group),
             ("num_attention_heads", keep * per_group),

@@ -356,6 +356,8 @@ def test_report_validates_and_embeds_every_plot(tmp_path: Path) -> None:
     env = report["environment"]
     assert env["cpu_model"].startswith("Intel") and env["bandwidth_gb_s"] == 12.0 and env["source"] == "bench"
     assert env["libraries"]["torch"] == "2.5.1+cpu"  # recorded by the run, not what is installed now
+    # Only what the stages recorded: a library installed here but never recorded is not passed off as theirs.
+    assert set(env["libraries"]) == {"torch", "transformers"}
     assert report["verify"]["onnx/int4"] == "passed"
     assert report["primary"] == "phone-Q4_K_M.gguf"
     # exact match 0.45 @ 40 tok/s, 0.47 @ 30, 0.46 @ 9: the torch model is slower and worse than Q8_0
