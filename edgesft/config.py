@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -577,11 +578,16 @@ class BenchConfig(_Section):
     """Time limit for one artifact's benchmark subprocess."""
 
 
+# A run name is one folder under run_root: never "." or "..", no separator, nothing hidden.
+RUN_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+
+
 class Recipe(_Section):
     """A whole pipeline: the stage sections together."""
 
-    name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    """Run name (folder under `run_root`); defaults to the recipe file name."""
+    name: str | None = Field(None, pattern=RUN_NAME_PATTERN, max_length=128)
+    """Run name (folder under `run_root`): letters, digits, `.`, `_`, `-`, starting with a letter or digit;
+    defaults to the recipe file name."""
     run_root: str = "runs"
     """Folder that holds `<name>/<stage>/`, relative to the working directory."""
     seed: int = Field(42, ge=0)
@@ -856,6 +862,14 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     except ValidationError as e:
         raise RecipeError(*_format_errors(e, str(path), lines, set_paths)) from None
     if recipe.name is None:
+        if not re.fullmatch(RUN_NAME_PATTERN, path.stem) or len(path.stem) > 128:
+            # "...yaml" has the stem "..": taken as the run name it would make the runs root's parent the
+            # run folder. The file name only stands in for a name that is a safe single folder.
+            raise RecipeError(
+                f"{path}: name: the file name gives the run name {path.stem!r}, which is not a safe folder "
+                "name (letters, digits, '.', '_', '-', starting with a letter or digit); set name: in the "
+                "recipe"
+            )
         recipe.name = path.stem
     recipe._base_dir = path.resolve().parent
     problems = [

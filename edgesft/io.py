@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -135,13 +136,19 @@ def atomic_dir(dest: Path) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def clean_stale_temps(folder: Path) -> None:
-    """Remove leftovers of killed atomic writes (``.*.tmp`` and ``.*.old-*`` entries)."""
+def clean_stale_temps(folder: Path, stages: list[str]) -> None:
+    """Remove leftovers of killed stage writes in a run folder: ``.<stage>.<key16>.tmp`` and
+    ``.<stage>.old-<pid>`` entries of these stages.
+
+    Only names the pipeline itself makes are touched, so a file of the user's that merely looks temporary
+    (``.notes.tmp``) stays.
+    """
     if not folder.is_dir():
         return
+    own = re.compile(rf"^\.(?:{'|'.join(map(re.escape, stages))})\.(?:[0-9a-f]{{16}}\.tmp|old-\d+)$")
     for p in folder.iterdir():
-        if p.name.startswith(".") and (p.name.endswith(".tmp") or ".old-" in p.name):
-            if p.is_dir():
+        if own.match(p.name):
+            if p.is_dir() and not p.is_symlink():
                 shutil.rmtree(p, ignore_errors=True)
             else:
                 with contextlib.suppress(FileNotFoundError):

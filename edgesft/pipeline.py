@@ -210,7 +210,7 @@ def run_pipeline(
             run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise EdgesftError(f"run_root: cannot create the run folder {run_dir} ({e.strerror})") from None
-        clean_stale_temps(run_dir)
+        clean_stale_temps(run_dir, names)
     barrier()
     manifests: dict[str, dict[str, Any]] = {}
     for name in visit:

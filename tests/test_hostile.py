@@ -1,0 +1,81 @@
+"""Hostile and broken inputs: each ends in a one-line error (exit 2) or is handled, and nothing outside the
+run folder is touched (a sentinel file beside the runs root survives every case)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edgesft.cli import main
+from edgesft.io import clean_stale_temps
+from tests.conftest import ROOT
+
+SMOKE = ROOT / "recipes" / "ci-smoke.yaml"
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A project folder with the user's own files beside the runs root."""
+    (tmp_path / "KEEP-my-own-data.txt").write_text("precious")
+    (tmp_path / ".precious.tmp").write_text("precious too")
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "KEEP-beside-runs.txt").write_text("mine")
+    return tmp_path
+
+
+def _untouched(project: Path) -> None:
+    assert (project / "KEEP-my-own-data.txt").read_text() == "precious"
+    assert (project / ".precious.tmp").read_text() == "precious too"
+    assert (project / "runs" / "KEEP-beside-runs.txt").read_text() == "mine"
+
+
+def _one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    (line,) = err.strip().splitlines()
+    assert line.startswith("error: ")
+    return line
+
+
+@pytest.mark.parametrize("stem", ["..", ".", ".hidden", "-dash"])
+def test_a_recipe_file_name_that_is_no_safe_run_name_is_refused(
+    project: Path, capsys: pytest.CaptureFixture[str], stem: str
+) -> None:
+    recipe = project / f"{stem}.yaml"
+    recipe.write_text(
+        SMOKE.read_text().replace("name: ci-smoke\n", "").replace("data/", f"{ROOT}/recipes/data/")
+    )
+    assert main(["run", str(recipe), "--root", str(project / "runs"), "--until", "data"]) == 2
+    assert "name: the file name gives the run name" in _one_error_line(capsys)
+    _untouched(project)
+    assert sorted(p.name for p in (project / "runs").iterdir()) == ["KEEP-beside-runs.txt"]
+
+
+@pytest.mark.parametrize("name", ["..", ".", "../escape", "a/b", ".hidden", "x" * 129])
+def test_a_run_name_that_is_no_single_folder_is_refused(
+    project: Path, capsys: pytest.CaptureFixture[str], name: str
+) -> None:
+    assert main(["run", str(SMOKE), f"name={name}", "--root", str(project / "runs"), "--until", "data"]) == 2
+    assert ": name: " in _one_error_line(capsys)
+    _untouched(project)
+
+
+def test_stale_temp_cleanup_removes_only_what_the_pipeline_made(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    ours = [run / ".train.0123456789abcdef.tmp", run / ".merge.old-4242"]
+    for p in ours:
+        p.mkdir()
+        (p / "partial.bin").write_bytes(b"x")
+    theirs = [
+        run / ".notes.tmp",
+        run / ".train.tmp",
+        run / ".train.old-notes",
+        run / "train.0123456789abcdef.tmp",
+    ]
+    for p in theirs:
+        p.write_text("user file")
+    clean_stale_temps(run, ["data", "train", "merge"])
+    assert not any(p.exists() for p in ours)
+    assert all(p.read_text() == "user file" for p in theirs)
