@@ -8,10 +8,12 @@ do not check out is a miss and is rebuilt, never an error.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import platform
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,6 +26,7 @@ from edgesft.errors import EdgesftError
 from edgesft.io import atomic_write_json, clean_stale_temps, read_json, sha256_file, sha256_json
 
 MANIFEST = "manifest.json"
+LOCK_FILE = ".lock"
 SCHEMA = 1
 
 
@@ -204,14 +207,53 @@ def run_pipeline(
     if force:
         forced = set(visit)
     run_dir = recipe.run_dir
-    rank, size = world()
-    if is_main():
+    with contextlib.ExitStack() as held:
+        if is_main():
+            try:
+                run_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise EdgesftError(f"run_root: cannot create the run folder {run_dir} ({e.strerror})") from None
+            # Before anything is cleaned or written: a second run on this folder must not touch the first's
+            # temp folders, and must not mark a stage complete with the other run's half of its outputs.
+            held.enter_context(run_lock(run_dir))
+            clean_stale_temps(run_dir, names)
+        barrier()
+        return _run_stages(recipe, stages, visit, forced, run_dir, log)
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``run_dir`` (``.lock``, an OS file lock released when the process ends,
+    however it ends); a second holder gets a one-line error naming the first."""
+    import fcntl
+
+    path = run_dir / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
         try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise EdgesftError(f"run_root: cannot create the run folder {run_dir} ({e.strerror})") from None
-        clean_stale_temps(run_dir, names)
-    barrier()
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 4096).decode("utf-8", "replace").strip() or "another process"
+            raise EdgesftError(
+                f"{run_dir}: another edgesft run is using this run folder ({holder}); wait for it to finish, "
+                "or run elsewhere (--root, or name=...)"
+            ) from None
+        os.ftruncate(fd, 0)
+        started = datetime.now(UTC).isoformat(timespec="seconds")
+        os.write(fd, f"pid {os.getpid()} on {platform.node()}, since {started}".encode())
+        yield
+    finally:
+        os.close(fd)
+
+
+def _run_stages(
+    recipe: Recipe,
+    stages: dict[str, StageSpec],
+    visit: list[str],
+    forced: set[str],
+    run_dir: Path,
+    log: Callable[[str], None],
+) -> dict[str, dict[str, Any]]:
     manifests: dict[str, dict[str, Any]] = {}
     for name in visit:
         spec = stages[name]

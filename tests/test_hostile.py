@@ -79,3 +79,26 @@ def test_stale_temp_cleanup_removes_only_what_the_pipeline_made(tmp_path: Path) 
     clean_stale_temps(run, ["data", "train", "merge"])
     assert not any(p.exists() for p in ours)
     assert all(p.read_text() == "user file" for p in theirs)
+
+
+def test_a_second_run_on_a_held_run_folder_exits_2_naming_the_holder(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import os
+
+    from edgesft.pipeline import run_lock
+
+    run_dir = project / "runs" / "ci-smoke"
+    run_dir.mkdir()
+    stale = run_dir / ".data.0123456789abcdef.tmp"  # the holder's temp folder, mid-write
+    stale.mkdir()
+    with run_lock(run_dir):
+        assert main(["run", str(SMOKE), "--root", str(project / "runs"), "--until", "data"]) == 2
+        line = _one_error_line(capsys)
+        assert "another edgesft run is using this run folder" in line and f"pid {os.getpid()}" in line
+        assert stale.is_dir()  # the second run cleaned nothing of the first's
+        assert not (run_dir / "data").exists()
+    # Released: the next run takes the folder, cleans the dead temp and runs.
+    assert main(["run", str(SMOKE), "--root", str(project / "runs"), "--until", "data"]) == 0
+    assert not stale.exists() and (run_dir / "data" / "manifest.json").is_file()
+    _untouched(project)
