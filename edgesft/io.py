@@ -113,6 +113,30 @@ def atomic_file(dest: Path) -> Iterator[Path]:
     os.replace(tmp, dest)
 
 
+def save_npy(path: Path, array: Any) -> None:
+    """``np.save`` through a temp file and a rename: a kill or a full disk never leaves a torn ``.npy``."""
+    import numpy as np
+
+    with atomic_file(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, array)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def load_npy(path: Path, shape: tuple[int, ...] | None = None) -> Any | None:
+    """The array in ``path``; None when it is missing, unreadable or (with ``shape``) of another shape, so a
+    reused file that does not check out is recomputed, never an error."""
+    import numpy as np
+
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        return None
+    if shape is not None and tuple(array.shape) != tuple(shape):
+        return None
+    return array
+
+
 @contextlib.contextmanager
 def atomic_dir(dest: Path) -> Iterator[Path]:
     """Yield a temp folder beside ``dest``; on success it replaces ``dest`` in one rename.

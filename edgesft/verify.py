@@ -26,7 +26,7 @@ import numpy as np
 from edgesft.chat import encode_conversation, prompt_and_answer, render
 from edgesft.config import ParityLimits, VerifyConfig
 from edgesft.data import Row
-from edgesft.io import sha256_json
+from edgesft.io import load_npy, save_npy, sha256_json
 from edgesft.isolate import IsolatedFailure, call
 
 PROBE_TEXTS = [
@@ -114,7 +114,7 @@ def probe(
             renders.append({"error": f"{type(e).__name__}: {e}"})
     out["chats"] = renders
     for i, ids in enumerate(req["sequences"]):
-        np.save(Path(out_dir) / f"logits_{i}.npy", art.logits(ids))
+        save_npy(Path(out_dir) / f"logits_{i}.npy", art.logits(ids))
     out["generations"] = [art.generate(ids, max_new_tokens) for ids in req["prompts"]]
     art.close()
     return out
@@ -140,10 +140,11 @@ class Reference:
     def logits(self, ids: list[int]) -> Any:
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         path = self.cache_dir / f"{sha256_json(ids)[:24]}.npy"
-        if path.is_file():
-            return np.load(path)
-        out = self.model.logits(ids)
-        np.save(path, out)
+        cached = load_npy(path)
+        if cached is not None and cached.ndim == 2 and cached.shape[0] == len(ids):
+            return cached
+        out = self.model.logits(ids)  # missing, torn or of another shape: computed again
+        save_npy(path, out)
         return out
 
     def generate_with_margins(self, ids: list[int], max_new_tokens: int) -> tuple[list[int], list[float]]:

@@ -102,3 +102,30 @@ def test_a_second_run_on_a_held_run_folder_exits_2_naming_the_holder(
     assert main(["run", str(SMOKE), "--root", str(project / "runs"), "--until", "data"]) == 0
     assert not stale.exists() and (run_dir / "data" / "manifest.json").is_file()
     _untouched(project)
+
+
+def test_a_torn_reference_npy_is_recomputed_not_an_error(tmp_path: Path) -> None:
+    import numpy as np
+
+    from edgesft.io import sha256_json
+    from edgesft.verify import Reference
+
+    class Model:
+        calls = 0
+
+        def logits(self, ids: list[int]) -> np.ndarray:
+            Model.calls += 1
+            return np.arange(len(ids) * 5, dtype=np.float32).reshape(len(ids), 5)
+
+    ids = [1, 2, 3]
+    path = tmp_path / f"{sha256_json(ids)[:24]}.npy"
+    ref = Reference(Model(), tmp_path)
+    full = ref.logits(ids)
+    assert Model.calls == 1 and path.is_file()
+    np.testing.assert_array_equal(Reference(Model(), tmp_path).logits(ids), full)
+    assert Model.calls == 1  # reused
+    for torn in (path.read_bytes()[:-7], b"", b"\x93NUMPY garbage"):  # a kill mid-write, a full disk, junk
+        path.write_bytes(torn)
+        np.testing.assert_array_equal(Reference(Model(), tmp_path).logits(ids), full)
+    assert Model.calls == 4
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]

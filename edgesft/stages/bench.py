@@ -30,7 +30,7 @@ from edgesft.chat import encode_conversation
 from edgesft.config import Recipe
 from edgesft.data import load_rows
 from edgesft.errors import EdgesftError
-from edgesft.io import atomic_write_json, path_size, read_json
+from edgesft.io import atomic_write_json, path_size, read_json, save_npy
 from edgesft.isolate import IsolatedFailure, call
 from edgesft.pipeline import StageInputs, StageResult
 from edgesft.stages.gguf import SOFT_PROMPT
@@ -139,7 +139,7 @@ def write_reference(model_path: Path, sequences: list[dict[str, Any]], folder: P
     model = TorchArtifact(model_path, threads=threads)
     for i, seq in enumerate(sequences):
         logits = np.asarray(model.logits(seq["ids"]))[np.asarray(seq["positions"], dtype=int)]
-        np.save(folder / f"ref_{i}.npy", log_softmax(logits).astype(np.float32))
+        save_npy(folder / f"ref_{i}.npy", log_softmax(logits).astype(np.float32))
     model.close()
 
 
