@@ -798,7 +798,8 @@ def _format_errors(exc: ValidationError, where: str, lines: dict[str, int], over
 
 
 def _origin(path: str, where: str, lines: dict[str, int], overrides: set[str]) -> str:
-    if any(path == o or path.startswith(o + ".") for o in overrides):
+    # An error at or under an override, or at a key an override created on its way down.
+    if any(path == o or path.startswith(o + ".") or o.startswith(path + ".") for o in overrides):
         return "override"
     parts = path.split(".")
     while parts:  # the nearest key that is in the file
@@ -806,6 +807,81 @@ def _origin(path: str, where: str, lines: dict[str, int], overrides: set[str]) -
             return f"{where}:{lines['.'.join(parts)]}"
         parts.pop()
     return where
+
+
+# Bounds on a recipe before it is parsed or expanded: a recipe is a few hundred lines of shallow YAML, so
+# these only stop hostile files (an alias bomb expands to billions of nodes, deep nesting overflows the
+# recursive YAML composer and the validators).
+MAX_RECIPE_BYTES = 1 << 20
+MAX_NODES = 100_000
+MAX_DEPTH = 32
+
+
+def safe_yaml(text: str, where: str) -> Any:
+    """``yaml.safe_load`` with the bounds above: size, nodes after alias expansion, nesting depth.
+
+    Raises:
+        RecipeError: one line naming ``where`` (and the line, for syntax errors).
+    """
+    if len(text.encode("utf-8")) > MAX_RECIPE_BYTES:
+        raise RecipeError(f"{where}: {len(text.encode('utf-8'))} bytes; a recipe is at most {MAX_RECIPE_BYTES}")
+    loader = yaml.SafeLoader(text)
+    try:
+        try:
+            node = loader.get_single_node()
+        except RecursionError:
+            raise RecipeError(f"{where}: nested too deeply (at most {MAX_DEPTH} levels)") from None
+        if node is None:
+            return None
+        _check_yaml_shape(node, where)
+        return loader.construct_document(node)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise RecipeError(f"{where}{line}: YAML syntax error: {problem}") from None
+    finally:
+        loader.dispose()
+
+
+def _check_yaml_shape(root: yaml.Node, where: str) -> None:
+    """Count nodes as if every alias were expanded, and the depth, without expanding or recursing."""
+    size: dict[int, int] = {}
+    depth: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    on_path: set[int] = set()
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        children = _yaml_children(node)
+        if done:
+            on_path.discard(key)
+            size[key] = 1 + sum(size[id(c)] for c in children)
+            depth[key] = 1 + max((depth[id(c)] for c in children), default=0)
+            if size[key] > MAX_NODES:
+                line = node.start_mark.line + 1
+                raise RecipeError(
+                    f"{where}:{line}: expands to more than {MAX_NODES} values (YAML aliases); refused"
+                )
+            if depth[key] > MAX_DEPTH:
+                line = node.start_mark.line + 1
+                raise RecipeError(f"{where}:{line}: nested too deeply (at most {MAX_DEPTH} levels)")
+            continue
+        if key in size:
+            continue
+        if key in on_path:
+            raise RecipeError(f"{where}:{node.start_mark.line + 1}: a YAML alias refers to itself; refused")
+        on_path.add(key)
+        stack.append((node, True))
+        stack.extend((c, False) for c in children if id(c) not in size)
+
+
+def _yaml_children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> set[str]:
@@ -818,12 +894,11 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> set[str]:
         key = key.strip()
         if not key or any(not p for p in key.split(".")):
             raise RecipeError(f"override {item!r}: empty key")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError as e:
-            raise RecipeError(f"override {item!r}: value is not valid YAML ({e.__class__.__name__})") from e
-        node = data
+        value = safe_yaml(raw, f"override {key}") if raw.strip() else None
         parts = key.split(".")
+        if len(parts) > MAX_DEPTH:
+            raise RecipeError(f"override {key[:80]}: {len(parts)} levels deep (at most {MAX_DEPTH})")
+        node = data
         for p in parts[:-1]:
             nxt = node.get(p)
             if not isinstance(nxt, dict):
@@ -844,13 +919,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise RecipeError(f"{path}: cannot read recipe ({e})") from e
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise RecipeError(f"{path}{line}: YAML syntax error: {problem}") from None
+    data = safe_yaml(text, str(path))
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -129,3 +129,56 @@ def test_a_torn_reference_npy_is_recomputed_not_an_error(tmp_path: Path) -> None
         np.testing.assert_array_equal(Reference(Model(), tmp_path).logits(ids), full)
     assert Model.calls == 4
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+BOMB = "".join(
+    f"{k}: &{k} [{', '.join([f'*{prev}'] * 9) if prev else ', '.join(['lol'] * 9)}]\n"
+    for prev, k in zip(["", "a", "b", "c", "d", "e", "f", "g"], "abcdefgh", strict=True)
+)
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        (BOMB, "expands to more than 100000 values"),
+        ("x: " + "[" * 1000 + "]" * 1000 + "\n", "nested too deeply"),
+        ("x: " + "[" * 100_000 + "]" * 100_000 + "\n", "nested too deeply"),
+        (
+            "train:\n" + "".join("  " * (i + 1) + f"k{i}:\n" for i in range(40)) + "  " * 41 + "v: 1\n",
+            "nested too deeply",
+        ),
+        ("a: &a [*a]\n", ""),  # a self-referencing alias: PyYAML refuses it as undefined, one line either way
+        ("name: " + "x" * (1 << 20) + "\n", "a recipe is at most"),
+    ],
+    ids=["alias-bomb", "nest-1000", "nest-100000", "indent-40", "self-alias", "2-MiB"],
+)
+def test_yaml_bombs_and_deep_nesting_are_one_line(
+    project: Path, capsys: pytest.CaptureFixture[str], text: str, message: str
+) -> None:
+    import time
+
+    recipe = project / "r.yaml"
+    recipe.write_text(text)
+    start = time.perf_counter()
+    assert main(["validate", str(recipe)]) == 2
+    assert time.perf_counter() - start < 10
+    line = _one_error_line(capsys)
+    assert line.startswith(f"error: {recipe}") and message in line
+    _untouched(project)
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        (".".join(["train"] + ["a"] * 40) + "=1", "levels deep"),
+        ("train.lora=" + "[" * 5000 + "]" * 5000, "nested too deeply"),
+        ("train.lora=" + BOMB.replace("\n", "\n").split("\n")[0], ""),
+    ],
+    ids=["dotted-40", "value-nest", "value-anchor"],
+)
+def test_hostile_overrides_are_one_line(
+    capsys: pytest.CaptureFixture[str], override: str, message: str
+) -> None:
+    assert main(["validate", str(SMOKE), override]) == 2
+    line = _one_error_line(capsys)
+    assert "override" in line and message in line
