@@ -7,7 +7,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from edgesft import __version__
 from edgesft.errors import EdgesftError
@@ -278,8 +278,15 @@ def _timing_options(p: argparse.ArgumentParser, rounds_help: str, artifact_help:
     )
 
 
+class _Parser(argparse.ArgumentParser):
+    """Command-line mistakes are one line and exit 2, like every other bad input (no usage block)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="edgesft",
         description="Fine-tune, compress, export and verify small language models for the edge.",
     )
@@ -309,15 +316,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--data", required=True, help="JSONL/JSON/CSV file in any supported row format")
     e.add_argument("--task", choices=("json", "text"), default="json")
-    e.add_argument("--max-rows", type=int, default=None)
-    e.add_argument("--max-new-tokens", type=int, default=64)
+    e.add_argument("--max-rows", type=_positive_int, default=None)
+    e.add_argument("--max-new-tokens", type=_positive_int, default=64)
     e.add_argument("--batch-size", type=int, default=32)
     e.add_argument("--json", action="store_true", help="machine-readable output")
     e.set_defaults(func=cmd_eval)
 
     c = sub.add_parser("chat", help="chat with an artifact (.gguf, ONNX folder, model folder, export folder)")
     c.add_argument("artifact")
-    c.add_argument("--max-new-tokens", type=int, default=256)
+    c.add_argument("--max-new-tokens", type=_positive_int, default=256)
     c.add_argument("--system", default=None, help="system prompt")
     c.add_argument("--threads", type=int, default=None)
     c.set_defaults(func=cmd_chat)

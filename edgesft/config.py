@@ -39,7 +39,7 @@ class TinyModelConfig(_Section):
     """Key/value heads (grouped-query attention); must divide ``heads``."""
     intermediate: int = Field(128, ge=16, le=16384)
     """MLP intermediate size."""
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=2**32 - 1)
     """Seed of the random initialisation."""
 
 
@@ -590,7 +590,7 @@ class Recipe(_Section):
     defaults to the recipe file name."""
     run_root: str = "runs"
     """Folder that holds `<name>/<stage>/`, relative to the working directory."""
-    seed: int = Field(42, ge=0)
+    seed: int = Field(42, ge=0, le=2**32 - 1)
     """Seed for data splits, augmentation and training."""
     model: ModelConfig = Field(default_factory=lambda: ModelConfig())
     """Base model."""

@@ -7,6 +7,7 @@ works on that one shape.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import random
 import re
@@ -48,20 +49,32 @@ def read_records(path: Path) -> Iterator[tuple[int, Any]]:
     suffix = path.suffix.lower()
     try:
         if suffix in (".jsonl", ".ndjson"):
-            with open(path, encoding="utf-8") as f:
-                for lineno, line in enumerate(f, 1):
+            with open(path, "rb") as f:
+                for lineno, raw in enumerate(f, 1):
+                    try:
+                        line = raw.decode("utf-8")
+                    except UnicodeDecodeError as e:  # one bad line is that row's error, not the file's
+                        yield (
+                            lineno,
+                            RowError(f"not UTF-8 text ({e.reason} at byte {e.start + 1} of the line)"),
+                        )
+                        continue
                     if not line.strip():
                         continue
                     try:
                         yield lineno, json.loads(line)
                     except json.JSONDecodeError as e:
                         yield lineno, RowError(f"invalid JSON ({e.msg} at column {e.colno})")
+                    except RecursionError:
+                        yield lineno, RowError("invalid JSON (nested too deeply)")
         elif suffix == ".json":
-            text = path.read_text(encoding="utf-8")
+            text = _utf8(path)
             try:
                 data = json.loads(text)
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+            except RecursionError:
+                raise DataError(f"{path}: invalid JSON (nested too deeply)") from None
             if isinstance(data, dict) and isinstance(data.get("data"), list):
                 data = data["data"]
             if not isinstance(data, list):
@@ -69,16 +82,27 @@ def read_records(path: Path) -> Iterator[tuple[int, Any]]:
             for i, rec in enumerate(data, 1):
                 yield i, rec
         elif suffix in (".csv", ".tsv"):
-            with open(path, encoding="utf-8", newline="") as f:
-                reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
-                for rec in reader:
-                    yield reader.line_num, dict(rec)
+            reader = csv.DictReader(
+                io.StringIO(_utf8(path), newline=""), delimiter="\t" if suffix == ".tsv" else ","
+            )
+            for rec in reader:
+                yield reader.line_num, dict(rec)
         else:
             raise DataError(f"{path}: unsupported data file type {suffix!r} (use .jsonl, .json or .csv)")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text ({e.reason})") from None
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror})") from None
+    except csv.Error as e:
+        raise DataError(f"{path}: malformed CSV ({e})") from None
+
+
+def _utf8(path: Path) -> str:
+    """A whole file as UTF-8 text; not UTF-8: a DataError naming the line of the first bad byte."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text ({e.reason})") from None
 
 
 def detect_format(rec: dict[str, Any]) -> str:

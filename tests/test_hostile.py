@@ -182,3 +182,49 @@ def test_hostile_overrides_are_one_line(
     assert main(["validate", str(SMOKE), override]) == 2
     line = _one_error_line(capsys)
     assert "override" in line and message in line
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (
+            ["validate", str(SMOKE), "seed=4294967296"],
+            "seed: Input should be less than or equal to 4294967295",
+        ),
+        (["validate", str(SMOKE), "model.tiny.seed=-1"], "model.tiny.seed"),
+        (["eval", "runs/x", "--data", "x.jsonl", "--max-rows", "-1"], "--max-rows: expected a positive"),
+        (["eval", "runs/x", "--data", "x.jsonl", "--max-new-tokens", "0"], "--max-new-tokens"),
+        (["chat", "x.gguf", "--max-new-tokens", "-5"], "--max-new-tokens"),
+        (["no-such-command"], "invalid choice"),
+    ],
+)
+def test_cli_misuse_is_one_line_exit_2(
+    capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        code = main(argv)
+        raise SystemExit(code)
+    assert exit_info.value.code == 2
+    assert message in _one_error_line(capsys)
+
+
+def test_a_non_utf8_line_is_that_rows_error_and_skip_skips_it(tmp_path: Path) -> None:
+    from edgesft.data import DataError, ReadReport, read_rows
+
+    good = b'{"prompt": "hi", "completion": "there"}\n'
+    path = tmp_path / "rows.jsonl"
+    path.write_bytes(good + b'{"prompt": "caf\xe9", "completion": "x"}\n' + good)
+    report = ReadReport()
+    rows = read_rows([path], "auto", "skip", report)
+    assert len(rows) == 2 and report.malformed == 1
+    assert report.errors == [f"{path}:2: not UTF-8 text (invalid continuation byte at byte 16 of the line)"]
+    with pytest.raises(DataError, match=rf"^{path}:2: not UTF-8 text"):
+        read_rows([path], "auto", "fail", ReadReport())
+    for name, body in (
+        ("rows.json", b'[\n{"prompt": "a",\n "completion": "\xff"}]'),
+        ("rows.csv", b"prompt,completion\na,b\n\xff,c\n"),
+    ):
+        bad = tmp_path / name
+        bad.write_bytes(body)
+        with pytest.raises(DataError, match=rf"^{bad}:3: not UTF-8 text"):
+            read_rows([bad], "auto", "skip", ReadReport())
