@@ -11,7 +11,9 @@ _SYS, _USR = "EDGESFTSYSTEMTEXT", "EDGESFTPROMPTTEXT"
 
 
 def _render(tok: Any, messages: list[dict[str, str]]) -> str:
-    return str(tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+    from edgesft.chat import render
+
+    return render(tok, messages, add_generation_prompt=True)
 
 
 def ollama_template(tok: Any) -> tuple[str | None, str | None, str]:

@@ -6,10 +6,17 @@ inherits the tokenizer renders prompts exactly as training did, with no system a
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 from edgesft.errors import EdgesftError
+
+# A conversation renders in well under a millisecond; a template still rendering after this long loops.
+RENDER_SECONDS = 5.0
 
 # ChatML with no default system turn: the stock SmolLM2 template adds ~20 tokens of system prompt to every
 # conversation that has none, which costs prefill time on a phone for no task benefit.
@@ -42,7 +49,7 @@ def injects_system_turn(tok: Any, template: str | None) -> bool:
     """Whether ``template`` renders a system turn for a conversation that has none (a default prompt)."""
     if not template:
         return False
-    text = tok.apply_chat_template([{"role": "user", "content": "x"}], chat_template=template, tokenize=False)
+    text = render(tok, [{"role": "user", "content": "x"}], chat_template=template)
     return "system" in text.lower()
 
 
@@ -61,12 +68,62 @@ def prepare_tokenizer(tok: Any, system_prompt: str | None, extra_special_tokens:
     return {"removed_default_system_prompt": removed, "added_special_tokens": added}
 
 
-def render(tok: Any, messages: list[dict[str, str]], add_generation_prompt: bool = False) -> str:
-    """Render messages with the tokenizer's chat template."""
+def render(
+    tok: Any,
+    messages: list[dict[str, str]],
+    add_generation_prompt: bool = False,
+    chat_template: str | None = None,
+) -> str:
+    """Render messages with the tokenizer's chat template (or ``chat_template``), in transformers' sandboxed
+    jinja environment and within :data:`RENDER_SECONDS`.
+
+    Raises:
+        EdgesftError: one line naming the tokenizer the template came from: it failed, was refused by the
+            sandbox (it reached for Python internals), or did not finish in time.
+    """
+    where = f"{getattr(tok, 'name_or_path', None) or 'the tokenizer'}: chat template"
     try:
-        return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
-    except Exception as e:  # jinja errors from a user-supplied template
-        raise EdgesftError(f"chat template failed to render a conversation: {e}") from e
+        with _time_limit(RENDER_SECONDS):
+            text = tok.apply_chat_template(
+                messages,
+                chat_template=chat_template,
+                tokenize=False,
+                add_generation_prompt=add_generation_prompt,
+            )
+    except _RenderTimeout:
+        raise EdgesftError(f"{where}: still rendering after {RENDER_SECONDS:.0f} s; refused") from None
+    except Exception as e:  # jinja errors and sandbox refusals from a user-supplied template
+        import jinja2.exceptions
+
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if isinstance(e, jinja2.exceptions.SecurityError):
+            raise EdgesftError(f"{where}: refused as unsafe by the sandbox ({first})") from None
+        raise EdgesftError(f"{where}: failed to render a conversation ({type(e).__name__}: {first})") from None
+    return str(text)
+
+
+class _RenderTimeout(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float) -> Iterator[None]:
+    """Raise :class:`_RenderTimeout` in the block after ``seconds`` (main thread on POSIX; elsewhere a no-op,
+    as signals only reach the main thread)."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def on_alarm(signum: int, frame: Any) -> None:
+        raise _RenderTimeout
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def encode(tok: Any, text: str) -> list[int]:

@@ -228,3 +228,55 @@ def test_a_non_utf8_line_is_that_rows_error_and_skip_skips_it(tmp_path: Path) ->
         bad.write_bytes(body)
         with pytest.raises(DataError, match=rf"^{bad}:3: not UTF-8 text"):
             read_rows([bad], "auto", "skip", ReadReport())
+
+
+HOSTILE_TEMPLATES = {
+    "subclasses": "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+    "globals": "{{ self.__init__.__globals__ }}",
+    "endless": "{% for i in range(100000) %}{% for j in range(100000) %}{{ '' }}{% endfor %}{% endfor %}",
+    "broken": "{% for message in messages %}{{ message['content'] }",
+    "raises": "{{ raise_exception('no chat here') }}",
+}
+
+
+@pytest.fixture(scope="module")
+def model_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.test_onnx_export import make_model
+
+    return make_model(tmp_path_factory.mktemp("hostile") / "model")
+
+
+@pytest.mark.parametrize("kind", sorted(HOSTILE_TEMPLATES))
+def test_hostile_chat_templates_are_refused_in_one_line(
+    project: Path, model_folder: Path, capsys: pytest.CaptureFixture[str], kind: str
+) -> None:
+    import json
+    import shutil
+    import time
+
+    model = project / f"model-{kind}"
+    shutil.copytree(model_folder, model)
+    config = json.loads((model / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (model / "tokenizer_config.json").write_text(json.dumps(config))
+    (model / "chat_template.jinja").write_text(HOSTILE_TEMPLATES[kind])
+    start = time.perf_counter()
+    code = main(
+        [
+            "run",
+            str(SMOKE),
+            f"model.base={model}",
+            "--root",
+            str(project / "runs"),
+            "--until",
+            "data",
+        ]
+    )
+    assert code == 2 and time.perf_counter() - start < 60
+    line = _one_error_line(capsys)
+    assert f"{model}: chat template" in line
+    if kind in ("subclasses", "globals"):
+        assert "refused as unsafe by the sandbox" in line
+    if kind == "endless":
+        assert "still rendering after 5 s" in line
+    _untouched(project)

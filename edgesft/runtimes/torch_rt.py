@@ -84,11 +84,9 @@ class TorchArtifact:
         return list(self._eos)
 
     def render_chat(self, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
-        return str(
-            self.tok.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=add_generation_prompt
-            )
-        )
+        from edgesft.chat import render
+
+        return render(self.tok, messages, add_generation_prompt=add_generation_prompt)
 
     def close(self) -> None:
         del self.model
