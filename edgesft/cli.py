@@ -124,7 +124,15 @@ def resolve_artifact(target: str) -> Path:
         raise EdgesftError(f"{target}: no such file or folder")
     manifest = read_json(path / "manifest.json") if path.is_dir() else None
     if isinstance(manifest, dict) and manifest.get("stage") == "export":
-        return path / manifest["info"]["primary"]
+        primary = manifest.get("info", {}).get("primary") if isinstance(manifest.get("info"), dict) else None
+        if (
+            not isinstance(primary, str)
+            or not (path / primary).exists()
+            or "/" in primary
+            or primary.startswith(".")
+        ):
+            raise EdgesftError(f"{path / 'manifest.json'}: names no primary artifact in this folder")
+        return path / primary
     return path
 
 

@@ -219,6 +219,11 @@ def load_model(
     torch = _torch()
     from transformers import AutoModelForCausalLM
 
+    from edgesft.io import check_model_folder
+
+    check_model_folder(path, "model")
+    if adapter is not None:
+        check_model_folder(adapter, "adapter")
     kwargs: dict[str, Any] = {}
     if quantization is not None:
         from transformers import BitsAndBytesConfig
@@ -249,7 +254,12 @@ def load_stage_model(stage_dir: Path, manifest: dict[str, Any]) -> tuple[Any, An
 
     from edgesft.errors import EdgesftError
 
-    info = manifest.get("info", {})
+    info = manifest.get("info")
+    paths = ("tokenizer", "model", "adapter", "base_model")
+    if not isinstance(info, dict) or any(not isinstance(info.get(k, ""), str) for k in paths):
+        raise EdgesftError(
+            f"{stage_dir / 'manifest.json'}: not a stage manifest (its info names no model); re-run the stage"
+        )
     tok = AutoTokenizer.from_pretrained(stage_dir / info.get("tokenizer", "tokenizer"))
     if info.get("model"):
         return load_model(stage_dir / info["model"]), tok
@@ -323,6 +333,10 @@ def evaluate_target(
         kind = "gguf" if path.suffix == ".gguf" else "onnx"
         return {"target": target, "kind": kind, "data": str(data_file), **got}
     manifest = read_json(path / "manifest.json") if path.is_dir() else None
+    if path.is_dir() and (path / "manifest.json").is_file() and not isinstance(manifest, dict):
+        raise EdgesftError(
+            f"{path / 'manifest.json'}: not a stage manifest (unreadable JSON, or not an object)"
+        )
     if isinstance(manifest, dict):
         model, tok = load_stage_model(path, manifest)
         kind = f"stage:{manifest.get('stage')}"

@@ -23,7 +23,7 @@ import numpy as np
 
 from edgesft.errors import EdgesftError
 from edgesft.io import atomic_file
-from edgesft.models import generation_eos_ids, head_dim
+from edgesft.models import generation_eos_ids, head_dim, rope_parameters
 
 # HF model_type -> (GGUF architecture, whether Q/K rows are permuted for llama.cpp's rotary layout).
 # llama.cpp applies "normal" (adjacent-pair) rope to the llama architecture and NeoX (half-split) rope to
@@ -81,11 +81,10 @@ def architecture(config: dict[str, Any]) -> tuple[str, bool]:
             f"export.gguf: model_type {mtype!r} is not supported by the GGUF writer "
             f"(supported: {', '.join(sorted(ARCHITECTURES))})"
         )
-    scaling = config.get("rope_scaling")
-    if scaling and (scaling.get("rope_type") or scaling.get("type")) not in (None, "default", "linear"):
+    rope_type = rope_parameters(config)["rope_type"]
+    if rope_type not in ("default", "linear"):
         raise EdgesftError(
-            f"export.gguf: rope_scaling {scaling.get('rope_type') or scaling.get('type')!r} is not supported "
-            "by the GGUF writer (default and linear are)"
+            f"export.gguf: rope_scaling {rope_type!r} is not supported by the GGUF writer (default and linear are)"
         )
     return ARCHITECTURES[mtype]
 
@@ -250,13 +249,13 @@ def write_gguf(
         writer.add_key_length(hd)
         writer.add_value_length(hd)
         writer.add_rope_dimension_count(hd)
-        writer.add_rope_freq_base(float(config.get("rope_theta", 10000.0)))
+        rope = rope_parameters(config)
+        writer.add_rope_freq_base(rope["rope_theta"])
         writer.add_layer_norm_rms_eps(float(config.get("rms_norm_eps", 1e-6)))
         writer.add_vocab_size(n_vocab)
-        scaling = config.get("rope_scaling")
-        if scaling and (scaling.get("rope_type") or scaling.get("type")) == "linear":
+        if rope["rope_type"] == "linear":
             writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
-            writer.add_rope_scaling_factor(float(scaling["factor"]))
+            writer.add_rope_scaling_factor(float(rope["factor"]))
 
         kind, pre, tokens, types, scores = vocab_entries(model_dir, n_vocab)
         writer.add_tokenizer_model(kind)

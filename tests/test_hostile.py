@@ -280,3 +280,100 @@ def test_hostile_chat_templates_are_refused_in_one_line(
     if kind == "endless":
         assert "still rendering after 5 s" in line
     _untouched(project)
+
+
+@pytest.fixture(scope="module")
+def tiny_gguf(model_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from edgesft.gguf_export import write_gguf
+
+    dest = tmp_path_factory.mktemp("gguf") / "tiny.gguf"
+    write_gguf(model_folder, dest, float_type="f32")
+    return dest
+
+
+def _corrupt_ggufs(good: Path, folder: Path) -> dict[str, Path]:
+    import random
+
+    data = good.read_bytes()
+    rng = random.Random(0)
+    variants = {
+        "empty": b"",
+        "random": bytes(rng.getrandbits(8) for _ in range(4096)),
+        "truncated-half": data[: len(data) // 2],
+        "truncated-header": data[:64],
+        "magic-then-junk": b"GGUF" + bytes(rng.getrandbits(8) for _ in range(4096)),
+        "huge-counts": data[:8] + (2**62).to_bytes(8, "little") + (2**62).to_bytes(8, "little") + data[24:],
+    }
+    out = {}
+    for name, body in variants.items():
+        out[name] = folder / f"{name}.gguf"
+        out[name].write_bytes(body)
+    return out
+
+
+def test_corrupt_gguf_files_are_one_line_as_base_model_and_in_chat(
+    project: Path, tiny_gguf: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name, path in _corrupt_ggufs(tiny_gguf, project).items():
+        code = main(
+            ["run", str(SMOKE), f"model.base={path}", "--root", str(project / "runs"), "--until", "data"]
+        )
+        assert code == 2, name
+        line = _one_error_line(capsys)
+        assert line.startswith(f"error: model.base: {path}:"), (name, line)
+        assert main(["chat", str(path)]) == 2, name
+        assert str(path) in _one_error_line(capsys), name
+    _untouched(project)
+
+
+def test_a_damaged_cached_conversion_is_converted_again(
+    tiny_gguf: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from edgesft.config import ModelConfig
+    from edgesft.models import resolve_model
+
+    monkeypatch.setenv("EDGESFT_CACHE", str(tmp_path / "cache"))
+    first = resolve_model(ModelConfig(base=str(tiny_gguf)))
+    weights = first.path / "model.safetensors"
+    good = weights.read_bytes()
+    for damage in (good[: len(good) // 3], good[:-1] + bytes([good[-1] ^ 1]), None):
+        if damage is None:
+            weights.unlink()
+        else:
+            weights.write_bytes(damage)
+        again = resolve_model(ModelConfig(base=str(tiny_gguf)))
+        assert again.path == first.path and weights.read_bytes() == good
+        assert "cannot be used" in capsys.readouterr().out
+
+
+def test_eval_on_a_stage_with_damaged_weights_or_manifest_is_one_line(
+    project: Path, model_folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+    import shutil
+
+    data = ROOT / "recipes" / "data" / "ci_smoke" / "test.jsonl"
+    stage = project / "stage"
+    (stage / "model").mkdir(parents=True)
+    for f in model_folder.iterdir():
+        shutil.copy2(f, stage / "model" / f.name)
+    shutil.copytree(model_folder, stage / "tokenizer")
+    weights = stage / "model" / "model.safetensors"
+    good = weights.read_bytes()
+    cases = {
+        "truncated weights": (good[: len(good) // 2], {"stage": "merge", "info": {"model": "model"}}),
+        "empty weights": (b"", {"stage": "merge", "info": {"model": "model"}}),
+        "garbage manifest": (good, 7),
+        "manifest info not an object": (good, {"stage": "merge", "info": 3}),
+        "manifest paths not strings": (good, {"stage": "merge", "info": {"model": 5}}),
+    }
+    for name, (body, manifest) in cases.items():
+        weights.write_bytes(body)
+        (stage / "manifest.json").write_text(json.dumps(manifest))
+        assert main(["eval", str(stage), "--data", str(data), "--max-rows", "2"]) == 2, name
+        line = _one_error_line(capsys)
+        assert str(stage) in line, (name, line)
+    (stage / "manifest.json").write_text("{not json")
+    assert main(["eval", str(stage), "--data", str(data)]) == 2
+    assert "not a stage manifest" in _one_error_line(capsys)
+    _untouched(project)

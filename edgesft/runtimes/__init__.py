@@ -58,15 +58,30 @@ def open_artifact(path: Path, threads: int | None = None, all_logits: bool = Tru
     ``all_logits=False``: llama.cpp computes only the last position's logits, as an application does (a
     prefill that also projects every position onto the vocabulary is slower); :meth:`Artifact.logits` then
     does not work for GGUF files. The other runtimes ignore it."""
+    from edgesft.errors import EdgesftError
+    from edgesft.io import check_gguf, check_model_folder
+
     kind = artifact_kind(path)
     if kind == "gguf":
-        from edgesft.runtimes.llamacpp import LlamaCppArtifact
+        check_gguf(path, "artifact")
+    elif kind == "torch":
+        check_model_folder(path / "model" if (path / "model" / "config.json").is_file() else path, "artifact")
+    try:
+        if kind == "gguf":
+            from edgesft.runtimes.llamacpp import LlamaCppArtifact
 
-        return LlamaCppArtifact(path, threads=threads, logits_all=all_logits)
-    if kind == "onnx":
-        from edgesft.runtimes.onnx_rt import OnnxArtifact
+            return LlamaCppArtifact(path, threads=threads, logits_all=all_logits)
+        if kind == "onnx":
+            from edgesft.runtimes.onnx_rt import OnnxArtifact
 
-        return OnnxArtifact(path, threads=threads)
-    from edgesft.runtimes.torch_rt import TorchArtifact
+            return OnnxArtifact(path, threads=threads)
+        from edgesft.runtimes.torch_rt import TorchArtifact
 
-    return TorchArtifact(path, threads=threads)
+        return TorchArtifact(path, threads=threads)
+    except EdgesftError:
+        raise
+    except (OSError, ValueError, RuntimeError, KeyError) as e:  # the runtime's own "cannot load" errors
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise EdgesftError(
+            f"{path}: the {kind} runtime cannot open it ({type(e).__name__}: {reason[:300]})"
+        ) from None
