@@ -330,6 +330,7 @@ def answer_rows(
     """Greedy answers in the artifact's runtime, prompted with its own chat template; task metrics."""
     from edgesft.chat import prompt_and_answer
     from edgesft.metrics import TASKS
+    from edgesft.runtimes import encode_chat
 
     stops = set(art.eos_ids())
     answers = []
@@ -337,7 +338,7 @@ def answer_rows(
     tokens = 0
     for row in rows:
         prompt, _ = prompt_and_answer(row.messages)
-        new = art.generate(art.tokenize(art.render_chat(prompt, True)), max_new_tokens)
+        new = art.generate(encode_chat(art, prompt), max_new_tokens)
         tokens += len(new)
         if new and new[-1] in stops:
             new = new[:-1]
@@ -417,13 +418,14 @@ def native_sequences(art: Any, rows: list[Any]) -> list[dict[str, Any]]:
     """Rows tokenized by the artifact itself (no HF tokenizer needed): the answer's tokens, up to and
     including the first end-of-generation token, are the scored targets, as the training loss has them."""
     from edgesft.chat import prompt_and_answer
+    from edgesft.runtimes import encode_chat
 
     stops = set(art.eos_ids())
     out = []
     for row in rows:
         prompt, _ = prompt_and_answer(row.messages)
-        head = art.tokenize(art.render_chat(prompt, True))
-        ids = art.tokenize(art.render_chat(row.messages, False))
+        head = encode_chat(art, prompt)
+        ids = encode_chat(art, row.messages, add_generation_prompt=False)
         if ids[: len(head)] != head:
             continue  # the template renders the prompt differently inside the full chat: no clean split
         end = next((t for t in range(len(head), len(ids)) if ids[t] in stops), len(ids) - 1)

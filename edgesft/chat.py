@@ -131,6 +131,31 @@ def encode(tok: Any, text: str) -> list[int]:
     return tok(text, add_special_tokens=False)["input_ids"]
 
 
+def special_strings(tok: Any) -> list[str]:
+    """A transformers tokenizer's special tokens as text."""
+    return [t.content for t in tok.added_tokens_decoder.values() if t.special]
+
+
+def encode_chat(tok: Any, messages: list[dict[str, str]], add_generation_prompt: bool = False) -> list[int]:
+    """Token ids of a rendered conversation where message text stays text: a message spelling
+    ``<|im_start|>system`` does not become a system turn (:func:`edgesft.prompt.chat_ids`).
+
+    Raises:
+        RenderError: such a message under a template that rewrites message text.
+    """
+    from edgesft.prompt import ForgedTokenError, chat_ids
+
+    try:
+        return chat_ids(
+            lambda m: render(tok, m, add_generation_prompt=add_generation_prompt),
+            lambda text: encode(tok, text),
+            special_strings(tok),
+            messages,
+        )
+    except ForgedTokenError as e:
+        raise RenderError(str(e)) from None
+
+
 class RenderError(ValueError):
     """A conversation the chat template cannot split into prompt and answer tokens."""
 
@@ -146,14 +171,14 @@ def encode_conversation(
     does not emit it, so the model always learns to stop.
     """
     eos = tok.eos_token_id
-    full = encode(tok, render(tok, messages))
+    full = encode_chat(tok, messages)
     trainable = [train_on_prompt] * len(full)
     end = len(full)
     for i, m in enumerate(messages):
         if m["role"] != "assistant":
             continue
-        prompt = encode(tok, render(tok, messages[:i], add_generation_prompt=True))
-        upto = encode(tok, render(tok, messages[: i + 1]))
+        prompt = encode_chat(tok, messages[:i], add_generation_prompt=True)
+        upto = encode_chat(tok, messages[: i + 1])
         if full[: len(upto)] != upto or upto[: len(prompt)] != prompt:
             raise RenderError("chat template renders this conversation inconsistently (prefix mismatch)")
         span = upto[len(prompt) :]

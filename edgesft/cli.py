@@ -137,7 +137,7 @@ def resolve_artifact(target: str) -> Path:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    from edgesft.runtimes import artifact_kind, open_artifact
+    from edgesft.runtimes import artifact_kind, encode_chat, open_artifact
 
     path = resolve_artifact(args.artifact)
     kind = artifact_kind(path)
@@ -159,8 +159,13 @@ def cmd_chat(args: argparse.Namespace) -> int:
         if not text.strip():
             continue
         history.append({"role": "user", "content": text})
-        prompt = art.render_chat(history, True)
-        new = art.generate(art.tokenize(prompt), args.max_new_tokens)
+        try:
+            prompt = encode_chat(art, history)
+        except EdgesftError as e:
+            print(f"error: {e}", file=sys.stderr)
+            history.pop()
+            continue
+        new = art.generate(prompt, args.max_new_tokens)
         if new and new[-1] in stops:
             new = new[:-1]
         answer = art.detokenize(new).strip()

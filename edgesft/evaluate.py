@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edgesft.chat import encode, encode_conversation, prompt_and_answer, render
+from edgesft.chat import encode_chat, encode_conversation, prompt_and_answer
 from edgesft.data import Row
 from edgesft.metrics import TASKS
 
@@ -70,7 +70,7 @@ def generate_answers(
 
     torch = _torch()
     prompts = [
-        encode(tok, render(tok, prompt_and_answer(r.messages)[0], add_generation_prompt=True)) for r in rows
+        encode_chat(tok, prompt_and_answer(r.messages)[0], add_generation_prompt=True) for r in rows
     ]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     answers: list[str] = [""] * len(prompts)

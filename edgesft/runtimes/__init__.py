@@ -34,7 +34,33 @@ class Artifact(Protocol):
     def render_chat(self, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
         """The prompt the artifact's own chat template gives."""
 
+    def special_tokens(self) -> list[str]:
+        """The text of the tokens :meth:`tokenize` parses as special."""
+
     def close(self) -> None: ...
+
+
+def encode_chat(
+    art: Artifact, messages: list[dict[str, str]], add_generation_prompt: bool = True
+) -> list[int]:
+    """Prompt ids of a conversation in the artifact's own runtime, with its template, its tokenizer and its
+    BOS rule, where message text stays text (:func:`edgesft.prompt.chat_ids`): what chat, eval and bench
+    feed every runtime."""
+    from edgesft.errors import EdgesftError
+    from edgesft.prompt import ForgedTokenError, chat_ids
+
+    prefix = art.tokenize("")  # what the runtime puts before any prompt (a BOS, or nothing)
+
+    def plain(text: str) -> list[int]:
+        ids = art.tokenize(text)
+        return ids[len(prefix) :] if ids[: len(prefix)] == prefix else ids
+
+    try:
+        return prefix + chat_ids(
+            lambda m: art.render_chat(m, add_generation_prompt), plain, art.special_tokens(), messages
+        )
+    except ForgedTokenError as e:
+        raise EdgesftError(str(e)) from None
 
 
 def artifact_kind(path: Path) -> str:

@@ -42,6 +42,18 @@ class LlamaCppArtifact:
     def detokenize(self, ids: list[int]) -> str:
         return self.llm.detokenize(ids, special=True).decode("utf-8", "replace")
 
+    def special_tokens(self) -> list[str]:
+        """The text of every control token, which ``tokenize`` parses out of text."""
+        import llama_cpp
+
+        n = llama_cpp.llama_vocab_n_tokens(self._vocab)
+        control = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL
+        return [
+            self.llm.detokenize([i], special=True).decode("utf-8", "replace")
+            for i in range(n)
+            if llama_cpp.llama_vocab_get_attr(self._vocab, i) & control
+        ]
+
     def logits(self, ids: list[int]) -> Any:
         self.llm.reset()
         self.llm.eval(ids)

@@ -48,6 +48,16 @@ class OnnxArtifact:
         """onnxruntime-genai's tokenizer: special tokens parsed, BOS as tokenizer.json's post-processor says."""
         return [int(t) for t in self._tokenizer.encode(text)]
 
+    def special_tokens(self) -> list[str]:
+        """The special added tokens of the folder's tokenizer.json, which onnxruntime-genai parses."""
+        try:
+            added = json.loads((self.folder / "tokenizer.json").read_text(encoding="utf-8")).get(
+                "added_tokens"
+            )
+        except (OSError, ValueError) as e:
+            raise EdgesftError(f"{self.folder}: no readable tokenizer.json ({e})") from e
+        return [t["content"] for t in added or [] if t.get("special") and t.get("content")]
+
     def detokenize(self, ids: list[int]) -> str:
         """onnxruntime-genai's decode, which drops special tokens (like ``skip_special_tokens=True``)."""
         return str(self._tokenizer.decode(np.asarray(ids, dtype=np.int32)))

@@ -42,6 +42,11 @@ class TorchArtifact:
     def tokenize(self, text: str) -> list[int]:
         return [int(i) for i in self.tok.encode(text)]
 
+    def special_tokens(self) -> list[str]:
+        from edgesft.chat import special_strings
+
+        return special_strings(self.tok)
+
     def detokenize(self, ids: list[int]) -> str:
         return str(self.tok.decode(ids))
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from edgesft import __version__
+from edgesft import prompt as prompt_module
 from edgesft.bundle import TEMPLATES, check_modelfile, fill, modelfile
 from edgesft.config import Recipe
 from edgesft.errors import EdgesftError
@@ -92,6 +93,10 @@ def run(recipe: Recipe, inputs: StageInputs, out_dir: Path) -> StageResult:
         shutil.copy2(TEMPLATES / "run_gguf.py", out_dir / "run_gguf.py")
     if onnxs:
         shutil.copy2(TEMPLATES / "run_onnx.py", out_dir / "run_onnx.py")
+    if gguf_name or onnxs:
+        # The runners build prompts as edgesft does (message text never forges a control token) with the
+        # same standard-library module, shipped beside them.
+        shutil.copy2(Path(prompt_module.__file__), out_dir / "edgesft_prompt.py")
     n_kv = int(config.get("num_key_value_heads") or config["num_attention_heads"])
     kv_per_token = 2 * int(config["num_hidden_layers"]) * n_kv * head_dim(config) * 2
     quality = inputs.upstream[source].get("metrics", {})
