@@ -23,7 +23,7 @@ from edgesft import __version__
 from edgesft.config import Recipe
 from edgesft.environment import library_versions
 from edgesft.errors import EdgesftError
-from edgesft.io import atomic_write_json, clean_stale_temps, read_json, sha256_file, sha256_json
+from edgesft.io import atomic_write_json, clean_stale_temps, path_size, read_json, sha256_file, sha256_json
 
 MANIFEST = "manifest.json"
 LOCK_FILE = ".lock"
@@ -212,7 +212,9 @@ def run_pipeline(
             try:
                 run_dir.mkdir(parents=True, exist_ok=True)
             except OSError as e:
-                raise EdgesftError(f"run_root: cannot create the run folder {run_dir} ({e.strerror})") from None
+                raise EdgesftError(
+                    f"run_root: cannot create the run folder {run_dir} ({e.strerror})"
+                ) from None
             # Before anything is cleaned or written: a second run on this folder must not touch the first's
             # temp folders, and must not mark a stage complete with the other run's half of its outputs.
             held.enter_context(run_lock(run_dir))
@@ -281,6 +283,32 @@ def _run_stages(
     return manifests
 
 
+# Below this much free space a failed write is taken for a full disk, whatever the library said (native
+# code reports it as "basic_ios::clear", safetensors and torch as their own write errors).
+_LOW_SPACE = 64 << 20
+
+
+def _disk_full(error: BaseException, tmp: Path, run_dir: Path, stage: str) -> EdgesftError | None:
+    """A one-line error for a stage that failed because the disk filled up (None: it did not)."""
+    import errno
+
+    if isinstance(error, KeyboardInterrupt | SystemExit):
+        return None
+    try:
+        free = shutil.disk_usage(run_dir).free
+    except OSError:
+        return None
+    enospc = isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
+    if not enospc and free >= _LOW_SPACE:
+        return None
+    written = path_size(tmp) if tmp.exists() else 0
+    where = getattr(error, "filename", None) or run_dir
+    return EdgesftError(
+        f"stage {stage}: the disk is full writing {where} ({free / 2**20:.1f} MiB free after the stage had "
+        f"written {written / 2**20:.1f} MiB; it needs more than that); nothing of the stage was kept"
+    )
+
+
 def last_model_stage(manifests: dict[str, dict[str, Any]]) -> str:
     """The latest stage so far whose output is a plain model folder (``info.model``)."""
     for name in reversed(list(manifests)):
@@ -306,7 +334,7 @@ def _run_stage(
     if is_main():
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        if (work / "cache_key").is_file() and (work / "cache_key").read_text() != key:
+        if (work / "cache_key").is_file() and (work / "cache_key").read_bytes() != key.encode():
             shutil.rmtree(work, ignore_errors=True)  # checkpoints of another config: never resume them
         work.mkdir(parents=True, exist_ok=True)
         (work / "cache_key").write_text(key)
@@ -317,9 +345,12 @@ def _run_stage(
     if spec.distributed or is_main():
         try:
             result = spec.run(recipe, stage_inputs, tmp)
-        except BaseException:
+        except BaseException as e:
+            full = _disk_full(e, tmp, run_dir, spec.name)
             if is_main():
                 shutil.rmtree(tmp, ignore_errors=True)
+            if full is not None:
+                raise full from None
             raise
     else:
         result = StageResult()
