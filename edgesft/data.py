@@ -68,19 +68,7 @@ def read_records(path: Path) -> Iterator[tuple[int, Any]]:
                     except RecursionError:
                         yield lineno, RowError("invalid JSON (nested too deeply)")
         elif suffix == ".json":
-            text = _utf8(path)
-            try:
-                data = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
-            except RecursionError:
-                raise DataError(f"{path}: invalid JSON (nested too deeply)") from None
-            if isinstance(data, dict) and isinstance(data.get("data"), list):
-                data = data["data"]
-            if not isinstance(data, list):
-                raise DataError(f"{path}:1: a .json data file must hold a list of rows")
-            for i, rec in enumerate(data, 1):
-                yield i, rec
+            yield from _json_rows(path, _utf8(path))
         elif suffix in (".csv", ".tsv"):
             reader = csv.DictReader(
                 io.StringIO(_utf8(path), newline=""), delimiter="\t" if suffix == ".tsv" else ","
@@ -91,8 +79,46 @@ def read_records(path: Path) -> Iterator[tuple[int, Any]]:
             raise DataError(f"{path}: unsupported data file type {suffix!r} (use .jsonl, .json or .csv)")
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror})") from None
-    except csv.Error as e:
-        raise DataError(f"{path}: malformed CSV ({e})") from None
+
+
+def _json_rows(path: Path, text: str) -> Iterator[tuple[int, Any]]:
+    """(line, row) of a .json file holding a list of rows (or ``{"data": [...]}``), each with the line its
+    row starts on, so errors point into the file. A top-level list is walked row by row with the standard
+    decoder's ``raw_decode``, because ``json.loads`` keeps no positions."""
+    decoder = json.JSONDecoder()
+    ws = re.compile(r"[ \t\n\r]*")
+
+    def skip(at: int) -> int:
+        return ws.match(text, at).end()  # type: ignore[union-attr]
+
+    def line(at: int) -> int:
+        return text.count("\n", 0, at) + 1
+
+    try:
+        at = skip(0)
+        if not text.startswith("[", at):
+            data = json.loads(text)
+            if not (isinstance(data, dict) and isinstance(data.get("data"), list)):
+                raise DataError(f"{path}:{line(at)}: a .json data file must hold a list of rows")
+            yield from enumerate(data["data"], 1)  # the wrapper form: rows are numbered, not located
+            return
+        at = skip(at + 1)
+        while not text.startswith("]", at):
+            rec, end = decoder.raw_decode(text, at)
+            yield line(at), rec
+            at = skip(end)
+            if text.startswith(",", at):
+                at = skip(at + 1)
+                if text.startswith("]", at):
+                    raise DataError(f"{path}:{line(at)}: invalid JSON (a comma before ']')")
+            elif not text.startswith("]", at):
+                raise DataError(f"{path}:{line(at)}: invalid JSON (expected ',' or ']' between rows)")
+        if skip(at + 1) != len(text):
+            raise DataError(f"{path}:{line(at)}: invalid JSON (extra data after the list)")
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+    except RecursionError:
+        raise DataError(f"{path}: invalid JSON (nested too deeply)") from None
 
 
 def _utf8(path: Path) -> str:

@@ -613,3 +613,25 @@ def test_corrupt_run_folders_are_rebuilt_or_one_line(
         if code == 2:
             assert all(line.startswith("error: ") for line in out.err.strip().splitlines()), (cmd, out.err)
     _untouched(project)
+
+
+def test_json_data_errors_name_the_line_of_the_row(tmp_path: Path) -> None:
+    from edgesft.data import DataError, ReadReport, read_rows
+
+    path = tmp_path / "rows.json"
+    path.write_text('[\n  {"prompt": "a", "completion": "b"},\n\n  {"prompt": "c"},\n  7\n]\n')
+    report = ReadReport()
+    assert len(read_rows([path], "auto", "skip", report)) == 1
+    assert report.errors == [
+        f"{path}:4: missing field 'completion'",
+        f"{path}:5: a row must be an object, got int",
+    ]
+    for text, line in (
+        ('[\n{"a": 1}\n{"b": 2}]', 3),
+        ("[\n1,\n]", 3),
+        ('[\n{"a": 1},\n{"b": 2]', 3),
+        ("[1]\nx", 1),
+    ):
+        path.write_text(text)
+        with pytest.raises(DataError, match=rf"^{path}:{line}: invalid JSON"):
+            read_rows([path], "auto", "skip", ReadReport())
