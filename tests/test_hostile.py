@@ -622,10 +622,8 @@ def test_json_data_errors_name_the_line_of_the_row(tmp_path: Path) -> None:
     path.write_text('[\n  {"prompt": "a", "completion": "b"},\n\n  {"prompt": "c"},\n  7\n]\n')
     report = ReadReport()
     assert len(read_rows([path], "auto", "skip", report)) == 1
-    assert report.errors == [
-        f"{path}:4: missing field 'completion'",
-        f"{path}:5: a row must be an object, got int",
-    ]
+    assert [e.split(": ")[0] for e in report.errors] == [f"{path}:4", f"{path}:5"]  # the rows' own lines
+    assert "cannot detect the row format" in report.errors[0] and "got int" in report.errors[1]
     for text, line in (
         ('[\n{"a": 1}\n{"b": 2}]', 3),
         ("[\n1,\n]", 3),
