@@ -256,7 +256,7 @@ def load_stage_model(stage_dir: Path, manifest: dict[str, Any]) -> tuple[Any, An
 
     info = manifest.get("info")
     paths = ("tokenizer", "model", "adapter", "base_model")
-    if not isinstance(info, dict) or any(not isinstance(info.get(k, ""), str) for k in paths):
+    if not isinstance(info, dict) or any(not isinstance(info.get(k) or "", str) for k in paths):
         raise EdgesftError(
             f"{stage_dir / 'manifest.json'}: not a stage manifest (its info names no model); re-run the stage"
         )

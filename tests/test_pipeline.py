@@ -113,11 +113,13 @@ def test_failed_stage_leaves_previous_output_intact(recipe) -> None:
 
 def test_stale_temp_folders_are_ignored_and_cleaned(recipe) -> None:
     r = recipe()
-    stale = r.run_dir / ".train.deadbeef.tmp"
+    stale = r.run_dir / ".train.deadbeefdeadbeef.tmp"  # the pipeline's own name: .<stage>.<key16>.tmp
     stale.mkdir(parents=True)
     (stale / "model.bin").write_text("half")
+    theirs = r.run_dir / ".train.deadbeef.tmp"  # not a name the pipeline makes: left alone
+    theirs.mkdir()
     _run(r)
-    assert not stale.exists()
+    assert not stale.exists() and theirs.is_dir()
     assert (r.run_dir / "train" / "model.bin").read_text().startswith("lr=")
 
 
