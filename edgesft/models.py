@@ -296,7 +296,7 @@ def _tiny_model(cfg: ModelConfig) -> ResolvedModel:
             num_key_value_heads=t.kv_heads,
             max_position_embeddings=2048,
             rms_norm_eps=1e-5,
-            rope_theta=10000.0,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
             tie_word_embeddings=True,
             bos_token_id=tok.bos_token_id,
             eos_token_id=tok.eos_token_id,
