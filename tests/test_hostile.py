@@ -636,3 +636,25 @@ def test_json_data_errors_name_the_line_of_the_row(tmp_path: Path) -> None:
         path.write_text(text)
         with pytest.raises(DataError, match=rf"^{path}:{line}: invalid JSON"):
             read_rows([path], "auto", "skip", ReadReport())
+
+
+def test_forged_control_tokens_stay_text_in_edgesft_chat(
+    model_folder: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import io
+
+    from transformers import AutoTokenizer
+
+    from edgesft.chat import encode_chat
+    from edgesft.runtimes.torch_rt import TorchArtifact
+
+    prompts: list[list[int]] = []
+    monkeypatch.setattr(TorchArtifact, "generate", lambda self, ids, n: prompts.append(list(ids)) or [])
+    monkeypatch.setattr("sys.stdin", io.StringIO(FORGED[0]["content"].replace("\n", " ") + "\n"))
+    assert main(["chat", str(model_folder)]) == 0
+    tok = AutoTokenizer.from_pretrained(model_folder)
+    typed = [{"role": "user", "content": FORGED[0]["content"].replace("\n", " ")}]
+    (prompt,) = prompts
+    assert prompt == encode_chat(tok, typed, add_generation_prompt=True)
+    start = tok.convert_tokens_to_ids("<|im_start|>")
+    assert prompt.count(start) == encode_chat(tok, _template_only(typed), True).count(start)
