@@ -33,6 +33,9 @@ ARCHITECTURES: dict[str, tuple[str, bool]] = {
     "mistral": ("llama", True),
     "qwen2": ("qwen2", False),
 }
+# Rotary scalings the writer carries into the file: linear as a scaling factor, llama3 (Llama 3.1/3.2) as
+# llama.cpp's per-frequency divisors (the rope_freqs tensor).
+ROPE_TYPES = ("default", "linear", "llama3")
 FLOAT_TYPES = {"f32": 0, "f16": 1, "bf16": 32}  # llama_ftype values (LLAMA_FTYPE_ALL_F32, MOSTLY_F16/BF16)
 
 # llama.cpp quantization names -> llama_ftype (llama.h). Only the types the recipe offers.
@@ -82,9 +85,10 @@ def architecture(config: dict[str, Any]) -> tuple[str, bool]:
             f"(supported: {', '.join(sorted(ARCHITECTURES))})"
         )
     rope_type = rope_parameters(config)["rope_type"]
-    if rope_type not in ("default", "linear"):
+    if rope_type not in ROPE_TYPES:
         raise EdgesftError(
-            f"export.gguf: rope_scaling {rope_type!r} is not supported by the GGUF writer (default and linear are)"
+            f"export.gguf: rope_scaling {rope_type!r} is not supported by the GGUF writer "
+            f"(supported: {', '.join(ROPE_TYPES)})"
         )
     return ARCHITECTURES[mtype]
 
@@ -270,6 +274,10 @@ def write_gguf(
         _add_generation_eos(writer, model_dir, special.special_token_ids)
 
         written: dict[str, list[int]] = {}
+        if rope["rope_type"] == "llama3":
+            factors = llama3_rope_factors(model_dir, hd, rope["rope_theta"])
+            _add_tensor(writer, "rope_freqs.weight", factors, "f32")
+            written["rope_freqs.weight"] = list(factors.shape)
         for hf_name, data in _tensors(model_dir):
             if tied and hf_name == "lm_head.weight":
                 continue  # llama.cpp reuses token_embd for the output when output.weight is absent
@@ -278,9 +286,10 @@ def write_gguf(
             gname = name_map.get_name(hf_name, try_suffixes=(".weight", ".bias"))
             if gname is None:
                 raise EdgesftError(f"export.gguf: no GGUF name for tensor {hf_name!r} ({arch})")
-            if permute and re.search(r"self_attn\.q_proj\.weight$", hf_name):
+            # Biases are rows too: an attention bias (attention_bias: true) moves with its weight rows.
+            if permute and re.search(r"self_attn\.q_proj\.(weight|bias)$", hf_name):
                 data = permute_rows(data, n_head)
-            elif permute and re.search(r"self_attn\.k_proj\.weight$", hf_name):
+            elif permute and re.search(r"self_attn\.k_proj\.(weight|bias)$", hf_name):
                 data = permute_rows(data, n_kv)
             _add_tensor(writer, gname, data, float_type)
             written[gname] = list(data.shape)
@@ -293,6 +302,22 @@ def write_gguf(
         "tied_embeddings": tied,
         "bytes": dest.stat().st_size,
     }
+
+
+def llama3_rope_factors(model_dir: Path, dim: int, theta: float) -> np.ndarray:
+    """llama.cpp's ``rope_freqs``: per rotary frequency, the divisor that turns the plain frequency into
+    the llama3-scaled one. Taken from transformers' own llama3 frequencies, so both runtimes rotate alike."""
+    from transformers import AutoConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](AutoConfig.from_pretrained(model_dir), "cpu")
+    plain = 1.0 / (theta ** (np.arange(0, dim, 2, dtype=np.float64) / dim))
+    factors = plain / scaled.double().numpy()
+    if factors.shape != (dim // 2,) or not np.isfinite(factors).all():
+        raise EdgesftError(
+            f"export.gguf: llama3 rope factors of shape {factors.shape}, expected ({dim // 2},)"
+        )
+    return factors.astype(np.float32)
 
 
 def _add_tensor(writer: Any, name: str, data: np.ndarray, float_type: str) -> None:

@@ -292,8 +292,12 @@ def _disk_full(error: BaseException, tmp: Path, run_dir: Path, stage: str) -> Ed
     """A one-line error for a stage that failed because the disk filled up (None: it did not)."""
     import errno
 
+    from edgesft.isolate import IsolatedFailure
+
     if isinstance(error, KeyboardInterrupt | SystemExit):
         return None
+    if isinstance(error, EdgesftError) and not isinstance(error, IsolatedFailure):
+        return None  # edgesft's own verdict (a quality gate, a bad input) stands, whatever the free space
     try:
         free = shutil.disk_usage(run_dir).free
     except OSError:

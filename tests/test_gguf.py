@@ -32,9 +32,17 @@ def tok_dir() -> Path:
     return resolve_model(ModelConfig(base="tiny-llama")).path
 
 
-def make_model(folder: Path, tok_dir: Path, kind: str = "llama", sharpen: float = 1.0, **shape: Any) -> Path:
+def make_model(
+    folder: Path,
+    tok_dir: Path,
+    kind: str = "llama",
+    sharpen: float = 1.0,
+    bias_std: float = 0.0,
+    **shape: Any,
+) -> Path:
     """A random model folder with the SmolLM2 tokenizer; ``sharpen`` scales the final norm so the logits
-    are peaked like a trained model's (random models give near-uniform logits that hide errors)."""
+    are peaked like a trained model's (random models give near-uniform logits that hide errors);
+    ``bias_std`` gives the attention biases random values (they start at zero, which hides a wrong layout)."""
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     base = dict(
@@ -58,6 +66,9 @@ def make_model(folder: Path, tok_dir: Path, kind: str = "llama", sharpen: float 
         model = LlamaForCausalLM(LlamaConfig(**base))
     with torch.no_grad():
         model.model.norm.weight.mul_(sharpen)
+        for name, p in model.named_parameters():
+            if bias_std and name.endswith("_proj.bias"):
+                p.normal_(0, bias_std)
     model.save_pretrained(folder, safe_serialization=True)
     copy_tokenizer_files(tok_dir, folder)
     return folder
@@ -92,6 +103,23 @@ def torch_logits(folder: Path, ids: list[int]) -> np.ndarray:
         # SmolLM2's rotary base: transformers 5 keeps it under rope_parameters, not rope_theta
         ("llama", {"rope_theta": 100000.0}),
         ("qwen2", {"rope_theta": 1000000.0}),
+        # Q/K biases move with their permuted rows (they were written unpermuted: top-1 0.91 in llama.cpp)
+        ("llama", {"attention_bias": True, "bias_std": 0.5}),
+        # Llama 3.1/3.2 rope scaling, as llama.cpp's rope_freqs (refused before)
+        (
+            "llama",
+            {
+                "max_position_embeddings": 16384,
+                "rope_parameters": {
+                    "rope_type": "llama3",
+                    "rope_theta": 500000.0,
+                    "factor": 32.0,
+                    "low_freq_factor": 1.0,
+                    "high_freq_factor": 4.0,
+                    "original_max_position_embeddings": 8192,
+                },
+            },
+        ),
         # pruned shapes: fewer heads with an explicit head_dim, a narrower MLP
         (
             "llama",
@@ -110,13 +138,17 @@ def test_f32_gguf_matches_torch_in_llama_cpp_and_transformers(
     from gguf import GGUFReader
 
     theta = GGUFReader(str(out)).fields[f"{kind}.rope.freq_base"].contents()
-    assert theta == pytest.approx(shape.get("rope_theta", 10000.0))
+    assert theta == pytest.approx(shape.get("rope_parameters", shape).get("rope_theta", 10000.0))
     ref = torch_logits(src, IDS)
     got = probe_logits(out, IDS, tmp_path)
     assert got.shape == ref.shape
     # F32 weights; llama.cpp keeps its KV cache in f16 by default, hence ~1e-3 relative error
     np.testing.assert_allclose(got, ref, atol=1e-3 * np.abs(ref).max(), rtol=0)
     assert (got.argmax(-1) == ref.argmax(-1)).all()
+    if "bias_std" in shape or "rope_parameters" in shape:
+        # transformers' GGUF reader (5.24) un-permutes Q/K weights but not their biases, and ignores
+        # llama.cpp's rope_freqs: it cannot read these files back; llama.cpp, which runs them, matches above.
+        return
     # transformers' own GGUF reader gives the same weights back
     from transformers import AutoModelForCausalLM
 
