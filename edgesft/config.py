@@ -629,7 +629,9 @@ class Recipe(_Section):
 
 
 def _combination_problems(recipe: Recipe) -> list[tuple[str, str]]:
-    out: list[tuple[str, str]] = []
+    from edgesft.support import architecture_problems
+
+    out: list[tuple[str, str]] = architecture_problems(recipe)
     d, t = recipe.data, recipe.train
     if not d.train and not d.hf_dataset:
         out.append(("data.train", "no training data: give `data.train` files or `data.hf_dataset`"))
@@ -824,7 +826,9 @@ def safe_yaml(text: str, where: str) -> Any:
         RecipeError: one line naming ``where`` (and the line, for syntax errors).
     """
     if len(text.encode("utf-8")) > MAX_RECIPE_BYTES:
-        raise RecipeError(f"{where}: {len(text.encode('utf-8'))} bytes; a recipe is at most {MAX_RECIPE_BYTES}")
+        raise RecipeError(
+            f"{where}: {len(text.encode('utf-8'))} bytes; a recipe is at most {MAX_RECIPE_BYTES}"
+        )
     loader = yaml.SafeLoader(text)
     try:
         try:

@@ -11,3 +11,19 @@ def recipe_reference() -> str:
     for name, type_name, default, desc in section_fields(Recipe):
         lines.append(f"| `{name}` | {type_name.replace('|', '∣')} | `{default}` | {desc.replace('|', '∣')} |")
     return "\n".join(lines)
+
+
+def architectures_table() -> str:
+    """Markdown table: which stages take which architecture (from :mod:`edgesft.support`)."""
+    from edgesft.support import stage_architectures
+
+    stages = stage_architectures()
+    names = sorted({a for supported in stages.values() for a in supported})
+    lines = [
+        "| architecture (`model_type`) | train / merge | " + " | ".join(stages) + " |",
+        "|---|---|" + "---|" * len(stages),
+    ]
+    for arch in names:
+        cells = ["ok" if arch in supported else "refused at validate" for supported in stages.values()]
+        lines.append(f"| `{arch}` | ok | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -175,3 +175,32 @@ def test_doctor_names_every_library_cuda_and_the_llama_cpp_build(capsys: pytest.
     assert main(["doctor"]) == 0
     text = capsys.readouterr().out
     assert "transformers" in text and "CUDA:" in text and "llama.cpp build:" in text
+
+
+def test_readme_lists_the_supported_architectures() -> None:
+    from edgesft.docs import architectures_table
+
+    assert architectures_table() in (ROOT / "README.md").read_text()
+
+
+def test_validate_refuses_stages_that_cannot_take_the_architecture(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    model = tmp_path / "qwen3-model"
+    model.mkdir()
+    (model / "config.json").write_text(
+        json.dumps({"model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"]})
+    )
+    recipe = ROOT / "recipes" / "ci-smoke.yaml"
+    assert main(["validate", str(recipe), f"model.base={model}"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2 and all(line.startswith("error: ") for line in lines)
+    assert (
+        "prune.enabled: prune: architecture 'qwen3' is not supported (supported: llama, mistral, qwen2)"
+        in lines[0]
+    )
+    assert "export.gguf.enabled: gguf: architecture 'qwen3'" in lines[1]
+    ok = [f"model.base={model}", "prune.enabled=false", "export.gguf.enabled=false"]
+    assert main(["validate", str(recipe), *ok]) == 0  # ONNX takes qwen3
