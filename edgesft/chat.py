@@ -98,7 +98,9 @@ def render(
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if isinstance(e, jinja2.exceptions.SecurityError):
             raise EdgesftError(f"{where}: refused as unsafe by the sandbox ({first})") from None
-        raise EdgesftError(f"{where}: failed to render a conversation ({type(e).__name__}: {first})") from None
+        raise EdgesftError(
+            f"{where}: failed to render a conversation ({type(e).__name__}: {first})"
+        ) from None
     return str(text)
 
 

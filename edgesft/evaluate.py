@@ -69,9 +69,7 @@ def generate_answers(
     from transformers import StoppingCriteriaList
 
     torch = _torch()
-    prompts = [
-        encode_chat(tok, prompt_and_answer(r.messages)[0], add_generation_prompt=True) for r in rows
-    ]
+    prompts = [encode_chat(tok, prompt_and_answer(r.messages)[0], add_generation_prompt=True) for r in rows]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     answers: list[str] = [""] * len(prompts)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id

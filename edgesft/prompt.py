@@ -76,6 +76,23 @@ def chat_ids(
     return ids
 
 
+def prompt_ids(
+    render: Callable[[list[dict[str, str]]], str],
+    tokenize: Callable[[str], list[int]],
+    specials: Sequence[str],
+    messages: list[dict[str, str]],
+) -> list[int]:
+    """:func:`chat_ids` for a runtime whose tokenizer puts its BOS rule before every text: ``tokenize`` is
+    that tokenizer (specials parsed, BOS as the model says). The BOS comes once, before the whole prompt."""
+    prefix = tokenize("")  # what the runtime puts before any prompt (a BOS, or nothing)
+
+    def plain(text: str) -> list[int]:
+        ids = tokenize(text)
+        return ids[len(prefix) :] if ids[: len(prefix)] == prefix else ids
+
+    return prefix + chat_ids(render, plain, specials, messages)
+
+
 def _as_text(text: str, split: re.Pattern[str], encode: Callable[[str], list[int]]) -> list[int]:
     """``encode(text)`` where every special-token string in ``text`` is encoded as plain characters: its
     first character apart from the rest, so no tokenizer matches it as one token."""

@@ -446,7 +446,11 @@ def test_plan_refuses_head_counts_transformers_cannot_load() -> None:
     # Llama-3.2-1B's proportions (32 heads in 8 KV groups over hidden 2048), scaled down: 8 heads, 4 groups
     # over hidden 64. Removing 1 group leaves 6 heads: 64 % 6 != 0.
     cfg = LlamaConfig(
-        hidden_size=64, num_attention_heads=8, num_key_value_heads=4, intermediate_size=128, num_hidden_layers=2
+        hidden_size=64,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        intermediate_size=128,
+        num_hidden_layers=2,
     )
     with pytest.raises(EdgesftError, match=r"leaves 6 attention heads.*kv_groups that fit: 0, 2, 3"):
         prune.plan_pruning(cfg, kv_groups=1)

@@ -47,17 +47,11 @@ def encode_chat(
     BOS rule, where message text stays text (:func:`edgesft.prompt.chat_ids`): what chat, eval and bench
     feed every runtime."""
     from edgesft.errors import EdgesftError
-    from edgesft.prompt import ForgedTokenError, chat_ids
-
-    prefix = art.tokenize("")  # what the runtime puts before any prompt (a BOS, or nothing)
-
-    def plain(text: str) -> list[int]:
-        ids = art.tokenize(text)
-        return ids[len(prefix) :] if ids[: len(prefix)] == prefix else ids
+    from edgesft.prompt import ForgedTokenError, prompt_ids
 
     try:
-        return prefix + chat_ids(
-            lambda m: art.render_chat(m, add_generation_prompt), plain, art.special_tokens(), messages
+        return prompt_ids(
+            lambda m: art.render_chat(m, add_generation_prompt), art.tokenize, art.special_tokens(), messages
         )
     except ForgedTokenError as e:
         raise EdgesftError(str(e)) from None

@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 import llama_cpp
-from edgesft_prompt import chat_ids
+from edgesft_prompt import prompt_ids as build_prompt
 from llama_cpp import Llama
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
@@ -34,10 +34,9 @@ def prompt_ids(llm: Llama, messages: list[dict[str, str]], specials: list[str]) 
         bos_token=text(bos) if bos >= 0 else "",
         add_generation_prompt=True,
     )
-    prefix = llm.tokenize(b"", add_bos=True, special=True)
-    return prefix + chat_ids(
+    return build_prompt(
         lambda m: fmt(messages=m).prompt,  # type: ignore[arg-type]
-        lambda t: llm.tokenize(t.encode("utf-8"), add_bos=False, special=True),
+        lambda t: llm.tokenize(t.encode("utf-8"), add_bos=True, special=True),
         specials,
         messages,
     )

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import onnxruntime_genai as og
-from edgesft_prompt import chat_ids
+from edgesft_prompt import prompt_ids as build_prompt
 
 
 def special_tokens(folder: str) -> list[str]:
@@ -21,16 +21,11 @@ def special_tokens(folder: str) -> list[str]:
 
 def prompt_ids(tokenizer: Any, messages: list[dict[str, str]], specials: list[str]) -> list[int]:
     """Token ids of the chat prompt: the folder's template, its BOS rule, message text as text."""
-    prefix = [int(t) for t in tokenizer.encode("")]
-
-    def plain(text: str) -> list[int]:
-        ids = [int(t) for t in tokenizer.encode(text)]
-        return ids[len(prefix) :] if ids[: len(prefix)] == prefix else ids
 
     def render(m: list[dict[str, str]]) -> str:
         return str(tokenizer.apply_chat_template(json.dumps(m), add_generation_prompt=True))
 
-    return prefix + chat_ids(render, plain, specials, messages)
+    return build_prompt(render, lambda t: [int(i) for i in tokenizer.encode(t)], specials, messages)
 
 
 def main() -> None:
