@@ -67,7 +67,7 @@ def _build_gguf(
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from edgesft.gguf_export import imatrix_from_model, write_gguf, write_imatrix
+    from edgesft.gguf_export import gguf_architecture, imatrix_from_model, write_gguf, write_imatrix
     from edgesft.isolate import call
     from edgesft.models import embedded_gguf
     from edgesft.stages.prune import calibration_batches
@@ -82,7 +82,7 @@ def _build_gguf(
     tok = AutoTokenizer.from_pretrained(base)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     calib = random.Random(1).sample(rows, 64)
-    stats = imatrix_from_model(model, calibration_batches(tok, calib, 512, 8), model.config.to_dict())
+    stats = imatrix_from_model(model, calibration_batches(tok, calib, 512, 8), gguf_architecture(f16))
     imat = work / "imatrix.gguf"
     write_imatrix(stats, imat, "phone train.jsonl (64 rows)", 512)
     del model

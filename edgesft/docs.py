@@ -14,16 +14,20 @@ def recipe_reference() -> str:
 
 
 def architectures_table() -> str:
-    """Markdown table: which stages take which architecture (from :mod:`edgesft.support`)."""
-    from edgesft.support import stage_architectures
+    """Markdown table: which stages take which architecture of the tested matrix (:mod:`edgesft.support`)."""
+    from edgesft.support import MATRIX, stage_problem
 
-    stages = stage_architectures()
-    names = sorted({a for supported in stages.values() for a in supported})
+    stages = ("prune", "gguf", "onnx")
     lines = [
         "| architecture (`model_type`) | train / merge | " + " | ".join(stages) + " |",
         "|---|---|" + "---|" * len(stages),
     ]
-    for arch in names:
-        cells = ["ok" if arch in supported else "refused at validate" for supported in stages.values()]
+    for arch in MATRIX:
+        cells = []
+        for stage in stages:
+            problem = stage_problem(stage, arch)
+            cells.append(
+                "ok" if problem is None else "refused at validate: " + problem.split(" (supported")[0]
+            )
         lines.append(f"| `{arch}` | ok | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -7,6 +7,7 @@ later (or on another machine) shows what produced its figures, not what is insta
 from __future__ import annotations
 
 import contextlib
+import json
 import platform
 from importlib import metadata
 from typing import Any
@@ -86,13 +87,20 @@ def _llama_cpp_system_info() -> dict[str, Any]:
 def doctor() -> dict[str, Any]:
     """Everything :func:`format_doctor` prints: what a user pastes into a bug report."""
     from edgesft.errors import EdgesftError
+    from edgesft.llama_convert import SOURCE_FILE, converter_dir
     from edgesft.models import embedded_gguf
 
     try:
         embedded = str(embedded_gguf())
     except EdgesftError as e:  # reported, not raised: doctor describes a broken install too
         embedded = f"not found ({e})"
+    try:
+        folder = converter_dir()
+        converter: dict[str, Any] = {"folder": str(folder), **json.loads((folder / SOURCE_FILE).read_text())}
+    except (EdgesftError, OSError, ValueError) as e:
+        converter = {"error": str(e)}
     return {
+        "gguf_converter": converter,
         "versions": library_versions(),
         "cuda": cuda_info(),
         "onnxruntime_providers": onnxruntime_providers(),
@@ -130,5 +138,12 @@ def format_doctor(report: dict[str, Any]) -> str:
         lines.append(f"llama.cpp: cannot load ({llama['error']})")
     else:
         lines.append(f"llama.cpp build: {llama['system_info']}")
+    conv = report["gguf_converter"]
+    if "error" in conv:
+        lines.append(f"GGUF converter: {conv['error']}")
+    else:
+        lines.append(
+            f"GGUF converter: llama.cpp's, from llama-cpp-python {conv['llama_cpp_python']} ({conv['folder']})"
+        )
     lines.append(f"embedded model: {report['embedded_model']}")
     return "\n".join(lines)

@@ -173,7 +173,7 @@ def _convert_gguf(gguf_path: Path, out: Path) -> None:
     if model.generation_config is not None:
         model.generation_config.bos_token_id = None
     model.save_pretrained(out, safe_serialization=True)
-    tok = tokenizer_from_gguf(gguf_path)
+    tok = tokenizer_from_gguf(gguf_path, out)
     tok.save_pretrained(out)
     # Generation defaults follow the tokenizer: stop at EOS, pad with the pad id.
     gen = json.loads((out / "generation_config.json").read_text())
@@ -183,15 +183,16 @@ def _convert_gguf(gguf_path: Path, out: Path) -> None:
     del model
 
 
-def tokenizer_from_gguf(gguf_path: Path) -> Any:
-    """Build a byte-level BPE tokenizer from a GGUF's vocabulary, merges and metadata.
+def tokenizer_from_gguf(gguf_path: Path, folder: Path | None = None) -> Any:
+    """Build a Hugging Face tokenizer from a GGUF's vocabulary, merges and metadata.
 
-    transformers' own GGUF tokenizer conversion is not used because of the flaws in this module's docstring.
-    Only gpt2-style BPE vocabularies are supported here (the SmolLM2/Llama-3/Qwen2 family).
+    Byte-level BPE vocabularies (``gpt2``: SmolLM2, Llama 3, Qwen2, GPT-2) become a fast tokenizer built here;
+    SentencePiece vocabularies (``llama``: Llama 2, Mistral, Phi-3, Gemma) become a ``tokenizer.model`` written
+    into ``folder`` (required for them) that the returned tokenizer is loaded from, because llama.cpp's
+    converter reads that file for these families. transformers' own GGUF tokenizer conversion is not used
+    because of the flaws in this module's docstring.
     """
     from gguf import GGUFReader
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
 
     reader = GGUFReader(str(gguf_path))
 
@@ -200,10 +201,21 @@ def tokenizer_from_gguf(gguf_path: Path) -> Any:
         return f.contents() if f is not None else default
 
     kind = field("tokenizer.ggml.model")
+    if kind == "llama":
+        if folder is None:
+            raise EdgesftError(f"model.base: {gguf_path.name}: a SentencePiece tokenizer needs a folder")
+        return _sentencepiece_from_gguf(gguf_path, field, folder)
     if kind != "gpt2":
         raise EdgesftError(
-            f"model.base: {gguf_path.name}: tokenizer type {kind!r} is not supported (gpt2 only)"
+            f"model.base: {gguf_path.name}: tokenizer type {kind!r} is not supported (gpt2 and llama are)"
         )
+    return _bpe_from_gguf(gguf_path, field)
+
+
+def _bpe_from_gguf(gguf_path: Path, field: Any) -> Any:
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
     tokens: list[str] = field("tokenizer.ggml.tokens")
     types: list[int] = field("tokenizer.ggml.token_type")
     merges = [tuple(m.split(" ", 1)) for m in field("tokenizer.ggml.merges")]
@@ -219,7 +231,7 @@ def tokenizer_from_gguf(gguf_path: Path) -> Any:
         tk.pre_tokenizer = pre_tokenizers.Sequence(
             [pre_tokenizers.Digits(individual_digits=True), byte_level]
         )
-    elif pre in ("default", "gpt2", "mpt", "olmo"):
+    elif pre in ("default", "gpt2", "gpt-2", "mpt", "olmo"):
         tk.pre_tokenizer = byte_level
     elif pre in ("qwen2", "llama-bpe", "llama3"):
         pattern = (
@@ -271,6 +283,78 @@ def tokenizer_from_gguf(gguf_path: Path) -> Any:
     return fast
 
 
+# SentencePiece's piece types; GGUF's token types use the same numbers (llama.cpp took them from it)
+_SPM_NORMAL, _SPM_UNKNOWN, _SPM_CONTROL, _SPM_USER_DEFINED, _SPM_UNUSED, _SPM_BYTE = 1, 2, 3, 4, 5, 6
+
+
+def _sentencepiece_from_gguf(gguf_path: Path, field: Any, folder: Path) -> Any:
+    """A SentencePiece BPE model rebuilt from a GGUF's pieces, scores and types, saved as
+    ``folder/tokenizer.model``; the tokens after the last ordinary piece are added tokens, as in the
+    original folders (Phi-3's chat tokens sit after its 32000 pieces)."""
+    from sentencepiece import sentencepiece_model_pb2 as spm_pb
+    from transformers import AddedToken, LlamaTokenizer
+
+    tokens: list[str] = field("tokenizer.ggml.tokens")
+    scores: list[float] = field("tokenizer.ggml.scores") or [0.0] * len(tokens)
+    types: list[int] = field("tokenizer.ggml.token_type")
+    n_pieces = max(i for i, t in enumerate(types) if t in (_SPM_NORMAL, _SPM_BYTE)) + 1
+    unk = field("tokenizer.ggml.unknown_token_id", 0)
+    proto = spm_pb.ModelProto()
+    for i in range(n_pieces):
+        piece = proto.pieces.add()
+        piece.piece, piece.score = tokens[i], float(scores[i])
+        # one piece may be the unknown one; a GGUF marks its placeholders unknown too
+        piece.type = types[i] if types[i] != _SPM_UNKNOWN or i == unk else _SPM_UNUSED
+    trainer = proto.trainer_spec
+    trainer.model_type = spm_pb.TrainerSpec.BPE
+    trainer.byte_fallback = _SPM_BYTE in types[:n_pieces]
+    trainer.unk_id = int(unk)
+    trainer.bos_id = int(field("tokenizer.ggml.bos_token_id", -1))
+    eos = int(field("tokenizer.ggml.eos_token_id", -1))
+    trainer.eos_id = eos if eos < n_pieces else -1  # Phi-3's EOS is an added token, not a piece
+    trainer.pad_id = -1
+    norm = proto.normalizer_spec
+    norm.name = "identity"
+    norm.add_dummy_prefix = bool(field("tokenizer.ggml.add_space_prefix", True))
+    norm.remove_extra_whitespaces = False
+    norm.escape_whitespaces = True
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "tokenizer.model").write_bytes(proto.SerializeToString())
+
+    def tok_of(key: str) -> str | None:
+        idx = field(key)
+        return tokens[int(idx)] if idx is not None and 0 <= int(idx) < len(tokens) else None
+
+    # transformers builds its fast SentencePiece tokenizer from the file when loading a folder
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "LlamaTokenizer",
+                "bos_token": tok_of("tokenizer.ggml.bos_token_id"),
+                "eos_token": tok_of("tokenizer.ggml.eos_token_id"),
+                "unk_token": tok_of("tokenizer.ggml.unknown_token_id"),
+                "pad_token": tok_of("tokenizer.ggml.padding_token_id"),
+                "add_bos_token": bool(field("tokenizer.ggml.add_bos_token", True)),
+                "add_eos_token": bool(field("tokenizer.ggml.add_eos_token", False)),
+                "legacy": False,
+                "clean_up_tokenization_spaces": False,
+            }
+        )
+    )
+    tok = LlamaTokenizer.from_pretrained(str(folder))
+    added = [
+        AddedToken(tokens[i], special=types[i] == _SPM_CONTROL, normalized=False)
+        for i in range(n_pieces, len(tokens))
+        if types[i] in (_SPM_CONTROL, _SPM_USER_DEFINED)
+    ]
+    if added:
+        tok.add_tokens(added)
+    template = field("tokenizer.chat_template")
+    if template:
+        tok.chat_template = template
+    return tok
+
+
 # --------------------------------------------------------------------------------------------------------
 # tiny-llama: random weights, real tokenizer
 
@@ -313,7 +397,10 @@ def _tiny_model(cfg: ModelConfig) -> ResolvedModel:
 
 def copy_tokenizer_files(src: Path, dst: Path) -> None:
     """Copy the tokenizer files of a model folder (used when a stage writes its own tokenizer)."""
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"):
+    for name in (
+        "tokenizer.json", "tokenizer.model", "added_tokens.json", "tokenizer_config.json",
+        "special_tokens_map.json", "chat_template.jinja",
+    ):  # fmt: skip
         if (src / name).is_file():
             shutil.copy2(src / name, dst / name)
 

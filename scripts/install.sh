@@ -42,3 +42,11 @@ if ! "$PY" -c "import llama_cpp" >/dev/null 2>&1; then
 fi
 
 "$PY" -m pip install -c "$constraints" -e ".${extra}"
+
+# llama.cpp's HF -> GGUF converter is a script in llama.cpp's source tree, not a package: take it, version-
+# matched, from the source release of the llama-cpp-python just installed (the only download it makes; a
+# converter already installed for that version is kept). EDGESFT_LLAMA_SDIST names a release file already
+# downloaded.
+if ! "$PY" -m edgesft.llama_convert where >/dev/null 2>&1; then
+  "$PY" -m edgesft.llama_convert install ${EDGESFT_LLAMA_SDIST:+--sdist "$EDGESFT_LLAMA_SDIST"}
+fi

@@ -40,10 +40,11 @@ def make_model(
     bias_std: float = 0.0,
     **shape: Any,
 ) -> Path:
-    """A random model folder with the SmolLM2 tokenizer; ``sharpen`` scales the final norm so the logits
+    """A random model folder with the SmolLM2 tokenizer (other architectures, with their own families'
+    tokenizers, are in test_architectures.py); ``sharpen`` scales the final norm so the logits
     are peaked like a trained model's (random models give near-uniform logits that hide errors);
     ``bias_std`` gives the attention biases random values (they start at zero, which hides a wrong layout)."""
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     base = dict(
         vocab_size=49152,
@@ -60,10 +61,8 @@ def make_model(
     )
     base.update(shape)
     torch.manual_seed(0)
-    if kind == "qwen2":
-        model: Any = Qwen2ForCausalLM(Qwen2Config(**base))
-    else:
-        model = LlamaForCausalLM(LlamaConfig(**base))
+    assert kind == "llama"
+    model = LlamaForCausalLM(LlamaConfig(**base))
     with torch.no_grad():
         model.model.norm.weight.mul_(sharpen)
         for name, p in model.named_parameters():
@@ -99,10 +98,8 @@ def torch_logits(folder: Path, ids: list[int]) -> np.ndarray:
     "kind,shape",
     [
         ("llama", {}),
-        ("qwen2", {}),
         # SmolLM2's rotary base: transformers 5 keeps it under rope_parameters, not rope_theta
         ("llama", {"rope_theta": 100000.0}),
-        ("qwen2", {"rope_theta": 1000000.0}),
         # Q/K biases move with their permuted rows (they were written unpermuted: top-1 0.91 in llama.cpp)
         ("llama", {"attention_bias": True, "bias_std": 0.5}),
         # Llama 3.1/3.2 rope scaling, as llama.cpp's rope_freqs (refused before)
@@ -161,9 +158,9 @@ def test_f32_gguf_matches_torch_in_llama_cpp_and_transformers(
 def test_unsupported_architecture_is_refused(tmp_path: Path, tok_dir: Path) -> None:
     src = make_model(tmp_path / "m", tok_dir)
     cfg = json.loads((src / "config.json").read_text())
-    cfg["model_type"] = "gpt_neox"
+    cfg["architectures"] = ["NoSuchModelForCausalLM"]
     (src / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(EdgesftError, match="model_type 'gpt_neox' is not supported"):
+    with pytest.raises(EdgesftError, match="converter .* has no class for NoSuchModelForCausalLM"):
         write_gguf(src, tmp_path / "x.gguf", "f16")
     assert not (tmp_path / "x.gguf").exists() and not list(tmp_path.glob(".x.gguf*"))
 
@@ -187,7 +184,7 @@ def test_imatrix_file_and_every_quant_type_loads(tmp_path: Path, float_gguf: tup
         "attention_mask": torch.ones(2, len(IDS), dtype=torch.long),
     }
     batch["attention_mask"][1, -4:] = 0  # padding is not counted
-    stats = imatrix_from_model(model, [batch], model.config.to_dict())
+    stats = imatrix_from_model(model, [batch], "llama")
     assert stats["token_embd.weight"][1] == 2 * len(IDS) - 4  # tied: the LM head's inputs
     assert {f"blk.{i}.{t}.weight" for i in range(2) for t in ("attn_q", "attn_k", "ffn_down")} <= set(stats)
     imat = tmp_path / "imatrix.gguf"
