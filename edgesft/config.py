@@ -454,6 +454,15 @@ class OnnxConfig(_Section):
     variants: list[OnnxVariant] = Field(default_factory=lambda: [OnnxVariant()])
     """Folders to produce."""
 
+    @field_validator("variants")
+    @classmethod
+    def _distinct_names(cls, value: list[OnnxVariant]) -> list[OnnxVariant]:
+        names = [v.name for v in value]
+        if len(set(names)) != len(names):
+            # checked here, before any training, not when the onnx stage starts
+            raise ValueError(f"variant names must differ ({', '.join(names)}); give each a name")
+        return value
+
 
 class ParityLimits(_Section):
     """Teacher-forced agreement an artifact must reach against the PyTorch model it came from."""

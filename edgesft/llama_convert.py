@@ -207,7 +207,7 @@ def converts(architectures: list[str]) -> bool:
 # model_type -> (per-layer list, config key of its period, period llama.cpp assumes, the every-nth value, other)
 _PERIODIC_LAYERS = {
     "gemma2": ("layer_types", None, 2, "full_attention", "sliding_attention"),
-    "gemma3_text": ("layer_types", "_sliding_window_pattern", 6, "full_attention", "sliding_attention"),
+    "gemma3_text": ("layer_types", None, 6, "full_attention", "sliding_attention"),
     "smollm3": ("no_rope_layers", "no_rope_layer_interval", 4, 0, 1),
 }
 

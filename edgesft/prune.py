@@ -1,4 +1,4 @@
-"""Structured pruning of Llama-family causal LMs: importance scores and in-place model surgery.
+"""Structured pruning of decoder-only causal LMs: importance scores and in-place model surgery.
 
 Three kinds of structure are removed, each scored on calibration batches:
 
@@ -14,10 +14,10 @@ Every function keeps all blocks the same shape: each block keeps the same number
 (its own best ones). GGUF and ONNX exporters, and transformers' config format, describe a model by one
 ``intermediate_size`` and one head count for all layers, so a model with ragged blocks could not be exported.
 
-The module knows nothing of recipes: it takes a model, calibration batches and numbers. Supported models are
-those with ``model.model.layers[i].self_attn.{q,k,v,o}_proj`` and ``mlp.{gate,up,down}_proj`` and no other
-per-layer weights than two RMSNorms (Llama, Mistral, Qwen2), because :func:`plan_pruning` counts parameters
-with that layout's formula.
+The module knows nothing of recipes: it takes a model, calibration batches and numbers. Which architectures
+it takes, and where each keeps its weights, is one table, :data:`ARCHITECTURES`: the surgery reads module
+names from it, :func:`plan_pruning` counts parameters from it, and every block of a model is checked to hold
+exactly the parameters the table says before anything is scored or cut.
 """
 
 from __future__ import annotations
@@ -25,13 +25,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from edgesft.errors import EdgesftError
 
 Batch = dict[str, Any]  # "input_ids" and "attention_mask": long tensors [batch, seq], right-padded
-
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -65,34 +64,204 @@ def non_embedding_params(model: Any) -> int:
 
 
 # --------------------------------------------------------------------------------------------------------
-# Model layout
+# Architectures
 
 
-def _check_model_type(config: Any) -> None:
+@dataclass(frozen=True)
+class LayerPattern:
+    """A per-block kind that a runtime derives from a period instead of reading the config.
+
+    ``field`` is the config's per-block list; every ``step``-th block (positions ``step - 1, 2 * step - 1,
+    ...``) holds ``nth`` and the others ``other``. llama.cpp reads no such list from a GGUF file that its
+    converter writes for these architectures (SmolLM3's RoPE-less blocks, Gemma 2's and 3's global-attention
+    blocks: see :mod:`edgesft.llama_convert`), so depth pruning may only remove blocks that leave the survivors
+    on that grid.
+    """
+
+    field: str
+    step: int
+    nth: Any = 0
+    other: Any = 1
+    what: str = "RoPE skipped"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where one architecture keeps what the surgery touches, and what else its decoder blocks hold.
+
+    Attribute names are relative to the model (``blocks``), to a block (``attention``, ``mlp``, ``norms``) or
+    to the block's attention or MLP module (the projections, ``head_norms``).
+    """
+
+    blocks: str = "model.layers"
+    attention: str = "self_attn"
+    qkv: tuple[str, ...] = ("q_proj", "k_proj", "v_proj")
+    """Query, key and value projections, or one name for a fused one whose rows are [q heads | k heads | v
+    heads]."""
+    o: str = "o_proj"
+    mlp: str = "mlp"
+    gate_up: tuple[str, ...] = ("gate_proj", "up_proj")
+    """Gate and up projections, or one name for a fused one whose rows are [gate | up]."""
+    down: str = "down_proj"
+    norms: tuple[str, ...] = ("input_layernorm", "post_attention_layernorm")
+    """The block's hidden-size norms: width pruning keeps the hidden size, so none is ever sliced."""
+    head_norms: tuple[str, ...] = ()
+    """Norms over one head's vector (q_norm, k_norm): shared by all heads, so KV-group pruning keeps them."""
+    qkv_bias: bool = False
+    """A bias on q, k and v whatever the config says (Qwen2)."""
+    attention_bias: str | None = None
+    """The config flag that puts a bias on q, k, v and o."""
+    mlp_bias: str | None = None
+    """The config flag that puts a bias on the MLP projections."""
+    layer_lists: tuple[str, ...] = ()
+    """Config lists with one entry per block (``layer_types``, ...): depth pruning keeps the survivors'."""
+    window_layers: str | None = None
+    """A config count of leading blocks without the sliding window (Qwen2's ``max_window_layers``)."""
+    pattern: LayerPattern | None = None
+
+    @property
+    def fused_qkv(self) -> bool:
+        return len(self.qkv) == 1
+
+    @property
+    def fused_gate_up(self) -> bool:
+        return len(self.gate_up) == 1
+
+
+# transformers 5 builds the sliding/full attention masks and sizes the KV cache from ``layer_types``. Gemma2
+# and Gemma3 keep their sliding-window pattern only there (Gemma3's ``sliding_window_pattern`` is read once,
+# to fill ``layer_types`` when it is missing, and is not saved), so cutting ``layer_types`` keeps each
+# surviving block's kind. Gemma's other quirks are scalars of the config that no pruning changes: embeddings
+# scaled by sqrt(hidden_size), attention and final-logit soft-capping, query_pre_attn_scalar.
+_GEMMA_NORMS = (
+    "input_layernorm",
+    "post_attention_layernorm",
+    "pre_feedforward_layernorm",
+    "post_feedforward_layernorm",
+)
+
+ARCHITECTURES: dict[str, Layout] = {
+    "llama": Layout(attention_bias="attention_bias", mlp_bias="mlp_bias"),
+    "mistral": Layout(),
+    "qwen2": Layout(qkv_bias=True, layer_lists=("layer_types",), window_layers="max_window_layers"),
+    "qwen3": Layout(
+        attention_bias="attention_bias",
+        head_norms=("q_norm", "k_norm"),
+        layer_lists=("layer_types",),
+        window_layers="max_window_layers",
+    ),
+    "gemma2": Layout(
+        attention_bias="attention_bias",
+        norms=_GEMMA_NORMS,
+        layer_lists=("layer_types",),
+        pattern=LayerPattern("layer_types", 2, "full_attention", "sliding_attention", "global attention"),
+    ),
+    "gemma3_text": Layout(
+        attention_bias="attention_bias",
+        norms=_GEMMA_NORMS,
+        head_norms=("q_norm", "k_norm"),
+        layer_lists=("layer_types",),
+        pattern=LayerPattern("layer_types", 6, "full_attention", "sliding_attention", "global attention"),
+    ),
+    "phi3": Layout(qkv=("qkv_proj",), gate_up=("gate_up_proj",)),
+    # SmolLM3's layer_types follows no_rope_layers (sliding attention on the RoPE-less blocks when enabled);
+    # both lists are cut alike, so they stay consistent.
+    "smollm3": Layout(
+        attention_bias="attention_bias",
+        mlp_bias="mlp_bias",
+        layer_lists=("layer_types", "no_rope_layers"),
+        pattern=LayerPattern("no_rope_layers", 4),
+    ),
+    # Granite's embedding, residual, attention and logits multipliers are scalars in the config: pruning
+    # changes no width they depend on, and the config keeps them.
+    "granite": Layout(attention_bias="attention_bias", mlp_bias="mlp_bias"),
+}
+
+SUPPORTED_MODEL_TYPES = tuple(ARCHITECTURES)
+
+
+def _layout(config: Any) -> Layout:
     model_type = getattr(config, "model_type", None)
-    if model_type not in SUPPORTED_MODEL_TYPES:
+    if model_type not in ARCHITECTURES:
         raise EdgesftError(
             f"prune: unsupported architecture {model_type!r}; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
         )
+    return ARCHITECTURES[model_type]
 
 
-_MLP = ("gate_proj", "up_proj", "down_proj")
+def _flag(config: Any, name: str | None) -> bool:
+    return bool(name and getattr(config, name, False))
 
 
-def _layers(model: Any) -> Any:
-    """The decoder blocks, after checking the layout the surgery below assumes."""
+def _biases(layout: Layout, config: Any) -> tuple[bool, bool, bool]:
+    """Whether (q/k/v, o, MLP) projections carry a bias in this config."""
+    attention = _flag(config, layout.attention_bias)
+    return layout.qkv_bias or attention, attention, _flag(config, layout.mlp_bias)
+
+
+def _expected_block_params(layout: Layout, config: Any) -> set[str]:
+    """The names of one decoder block's parameters, as the layout and the config's flags predict them."""
+    qkv_bias, o_bias, mlp_bias = _biases(layout, config)
+    names = {f"{n}.weight" for n in layout.norms}
+    for proj, bias in [*((p, qkv_bias) for p in layout.qkv), (layout.o, o_bias)]:
+        names |= {f"{layout.attention}.{proj}.weight"} | (
+            {f"{layout.attention}.{proj}.bias"} if bias else set()
+        )
+    names |= {f"{layout.attention}.{n}.weight" for n in layout.head_norms}
+    for proj in (*layout.gate_up, layout.down):
+        names |= {f"{layout.mlp}.{proj}.weight"} | ({f"{layout.mlp}.{proj}.bias"} if mlp_bias else set())
+    return names
+
+
+def _resolve(root: Any, path: str) -> Any:
+    for part in path.split("."):
+        root = getattr(root, part, None)
+    return root
+
+
+def _blocks(model: Any) -> tuple[Layout, Any]:
+    """The architecture's layout and the decoder blocks, after checking that every block holds exactly the
+    parameters the layout predicts.
+
+    That check is what makes the rest safe: a weight the table does not know of (a new bias, an extra norm,
+    a differently named projection) would be left at its old width by the surgery, or missed by the
+    parameter formula, so it is refused here instead.
+    """
     import torch
 
-    _check_model_type(model.config)
-    layers = getattr(getattr(model, "model", None), "layers", None)
+    layout = _layout(model.config)
+    layers = _resolve(model, layout.blocks)
     if not isinstance(layers, torch.nn.ModuleList) or len(layers) == 0:
-        raise EdgesftError(f"prune: expected decoder blocks at model.model.layers in {type(model).__name__}")
+        raise EdgesftError(f"prune: expected decoder blocks at {layout.blocks} in {type(model).__name__}")
+    expected = _expected_block_params(layout, model.config)
     for i, layer in enumerate(layers):
-        for parent, names in (("self_attn", ("q_proj", "k_proj", "v_proj", "o_proj")), ("mlp", _MLP)):
+        for parent, names in (
+            (layout.attention, (*layout.qkv, layout.o)),
+            (layout.mlp, (*layout.gate_up, layout.down)),
+        ):
             sub = getattr(layer, parent, None)
             if sub is None or not all(isinstance(getattr(sub, n, None), torch.nn.Linear) for n in names):
                 raise EdgesftError(f"prune: block {i} has no {parent} with Linear {', '.join(names)}")
-    return layers
+        got = {n for n, _ in layer.named_parameters()}
+        if got != expected:
+            raise EdgesftError(
+                f"prune: block {i} of this {model.config.model_type} model holds parameters the pruner does "
+                f"not expect (unexpected: {', '.join(sorted(got - expected)) or 'none'}; missing: "
+                f"{', '.join(sorted(expected - got)) or 'none'})"
+            )
+    return layout, layers
+
+
+def _layers(model: Any) -> Any:
+    return _blocks(model)[1]
+
+
+def _attention(layout: Layout, layer: Any) -> Any:
+    return getattr(layer, layout.attention)
+
+
+def _mlp(layout: Layout, layer: Any) -> Any:
+    return getattr(layer, layout.mlp)
 
 
 def _head_dim(config: Any) -> int:
@@ -102,18 +271,37 @@ def _head_dim(config: Any) -> int:
 def _attention_shape(model: Any) -> tuple[int, int, int]:
     """(query heads, KV heads, head dim), checked against the weights of every block."""
     cfg = model.config
+    layout, layers = _blocks(model)
     heads, kv_heads, d = cfg.num_attention_heads, cfg.num_key_value_heads, _head_dim(cfg)
     if heads % kv_heads:
         raise EdgesftError(f"prune: {heads} attention heads do not divide into {kv_heads} KV heads")
-    for i, layer in enumerate(_layers(model)):
-        attn = layer.self_attn
-        got = (attn.q_proj.out_features, attn.k_proj.out_features, attn.o_proj.in_features)
-        if got != (heads * d, kv_heads * d, heads * d):
+    want = ((heads + 2 * kv_heads) * d,) if layout.fused_qkv else (heads * d, kv_heads * d, kv_heads * d)
+    want = (*want, heads * d)
+    for i, layer in enumerate(layers):
+        attn = _attention(layout, layer)
+        got = (*(getattr(attn, n).out_features for n in layout.qkv), getattr(attn, layout.o).in_features)
+        if got != want:
+            names = "/".join((*layout.qkv, layout.o))
             raise EdgesftError(
-                f"prune: block {i} attention has q/k/o widths {got}, expected "
-                f"{(heads * d, kv_heads * d, heads * d)} from the config"
+                f"prune: block {i} attention has {names} widths {got}, expected {want} from the config"
             )
     return heads, kv_heads, d
+
+
+def _unloadable(config: Any, **changes: Any) -> str | None:
+    """Why transformers would refuse ``config`` with ``changes`` when the pruned model is saved or loaded
+    again (None when it would not), on one line.
+
+    The config class is asked itself, rather than a rule copied here: transformers 5 validates a config when
+    it is built and when it is saved, and what it checks differs by architecture (Llama and Gemma refuse a
+    hidden_size that is not a multiple of the head count even with an explicit head_dim; Phi-3 checks its
+    long-RoPE factors against hidden_size / heads).
+    """
+    try:
+        type(config).from_dict({**config.to_dict(), **changes})
+    except Exception as e:  # the validators raise ValueError subclasses, TypeError or their own types
+        return " ".join(line.strip() for line in str(e).splitlines() if line.strip()) or type(e).__name__
+    return None
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -280,16 +468,108 @@ def angular_distances(model: Any, batches: list[Batch], n: int) -> list[float]:
     return [s / tokens for s in sums]
 
 
+def _position_rule(layout: Layout, config: Any) -> Callable[[int, int], bool] | None:
+    """``fits(block, position)``: whether original block ``block`` may sit at ``position`` once blocks are
+    removed; None when any block may sit anywhere (every architecture but those with a :class:`LayerPattern`).
+    """
+    pattern = layout.pattern
+    if pattern is None:
+        return None
+    step, flags = pattern.step, getattr(config, pattern.field, None)
+    n_layers = config.num_hidden_layers
+    if not isinstance(flags, list) or len(flags) < n_layers:
+        raise EdgesftError(
+            f"prune: {config.model_type} needs {pattern.field} with one entry per block ({n_layers}), "
+            f"got {flags!r}"
+        )
+    return lambda block, position: (
+        flags[block] == (pattern.nth if (position + 1) % step == 0 else pattern.other)
+    )
+
+
+def _misplaced(rule: Callable[[int, int], bool] | None, kept: list[int]) -> list[int]:
+    """The kept blocks (original numbers) that the position rule would refuse where they end up."""
+    return [] if rule is None else [i for j, i in enumerate(kept) if not rule(i, j)]
+
+
+def _cheapest_removable(scores: list[float], n: int, rule: Callable[[int, int], bool]) -> list[int] | None:
+    """The ``n`` blocks of least total score whose removal leaves every survivor where ``rule`` allows it,
+    or None when no such set exists.
+
+    Dynamic programming over (blocks seen, blocks kept): a block is either removed (its score is paid) or
+    kept at the next free position, which the rule must allow. Quadratic in the block count.
+    """
+    n_layers = len(scores)
+    keep = n_layers - n
+    # best[j]: (cost, removed blocks) over the blocks seen so far with j of them kept; ties go to the
+    # lexicographically smaller set, so the choice is deterministic.
+    best: list[tuple[float, list[int]] | None] = [(0.0, [])] + [None] * keep
+    for i in range(n_layers):
+        nxt: list[tuple[float, list[int]] | None] = [None] * (keep + 1)
+        for j, state in enumerate(best):
+            if state is None:
+                continue
+            cost, removed = state
+            options = []
+            if len(removed) < n:
+                options.append((j, (cost + scores[i], [*removed, i])))
+            if j < keep and rule(i, j):
+                options.append((j + 1, (cost, removed)))
+            for slot, cand in options:
+                current = nxt[slot]
+                if current is None or cand < current:
+                    nxt[slot] = cand
+        best = nxt
+    final = best[keep]
+    return None if final is None else final[1]
+
+
+def _off_grid_error(config: Any, layout: Layout, drop: list[int]) -> EdgesftError:
+    """The one-line refusal of removing ``drop`` under the layout's :class:`LayerPattern`."""
+    assert layout.pattern is not None
+    step = layout.pattern.step
+    kept = [i for i in range(config.num_hidden_layers) if i not in drop]
+    misplaced = _misplaced(_position_rule(layout, config), kept)
+    return EdgesftError(
+        f"prune: llama.cpp runs {config.model_type} with {layout.pattern.what} on every {step}th block only "
+        f"({step - 1}, {2 * step - 1}, {3 * step - 1}, ...); removing blocks {drop} would move blocks "
+        f"{misplaced} (original numbers) off that pattern; remove a run of a multiple of {step} blocks, or "
+        "blocks at the end"
+    )
+
+
 def _by_block_influence(model: Any, batches: list[Batch], n: int) -> tuple[list[int], list[float]]:
     scores = block_influence(model, batches)
     _check_run_length(n, len(scores))
-    lowest = sorted(range(len(scores)), key=lambda i: (scores[i], i))[:n]
-    return sorted(lowest), scores
+    lowest = sorted(sorted(range(len(scores)), key=lambda i: (scores[i], i))[:n])
+    layout = _layout(model.config)
+    rule = _position_rule(layout, model.config)
+    if rule is None or not _misplaced(rule, [i for i in range(len(scores)) if i not in lowest]):
+        return lowest, scores
+    # SmolLM3, Gemma: the n least influential blocks would break llama.cpp's fixed grid; take the set of
+    # least total influence among those that keep it.
+    chosen = _cheapest_removable(scores, n, rule)
+    if chosen is None:
+        raise _off_grid_error(model.config, layout, lowest)
+    return chosen, scores
 
 
 def _by_angular_distance(model: Any, batches: list[Batch], n: int) -> tuple[list[int], list[float]]:
     scores = angular_distances(model, batches, n)
-    start = min(range(len(scores)), key=lambda i: (scores[i], i))
+    layout = _layout(model.config)
+    rule = _position_rule(layout, model.config)
+    n_layers = len(scores) + n - 1
+
+    def allowed(start: int) -> bool:
+        return not _misplaced(rule, [i for i in range(n_layers) if not start <= i < start + n])
+
+    # Under a fixed grid only some runs may go (a run of a multiple of the step, or one at the end, when
+    # the model starts on the grid); the least distant of those is taken. Scores are reported for every start.
+    starts = [s for s in range(len(scores)) if allowed(s)]
+    if not starts:
+        first = min(range(len(scores)), key=lambda i: (scores[i], i))
+        raise _off_grid_error(model.config, layout, list(range(first, first + n)))
+    start = min(starts, key=lambda i: (scores[i], i))
     return list(range(start, start + n)), scores
 
 
@@ -304,6 +584,10 @@ def choose_layers(method: str, model: Any, batches: list[Batch], n: int) -> tupl
 
     ``block_influence``: the ``n`` blocks of lowest Block Influence, wherever they are (scores: one per
     block). ``angular``: the contiguous run of ``n`` blocks of least angular distance (scores: one per start).
+
+    For an architecture whose runtime fixes which blocks skip RoPE (SmolLM3 in llama.cpp, see
+    :class:`LayerPattern`), only removals that keep that grid are chosen from: the set of least total Block
+    Influence among them, or the least distant run among the allowed ones.
     """
     if method not in LAYER_METHODS:
         raise EdgesftError(f"prune: unknown layer method {method!r}; known: {', '.join(LAYER_METHODS)}")
@@ -314,12 +598,15 @@ def remove_layers(model: Any, indices: list[int]) -> None:
     """Remove the blocks at ``indices`` in place and renumber the rest.
 
     Attention modules keep a ``layer_idx`` that indexes the KV cache; left stale, generation with a cache
-    reads another block's keys (or runs off the end of the cache). Per-layer config lists (``layer_types``,
-    which also sizes the cache, and Qwen2's ``max_window_layers``) are cut to match.
+    reads another block's keys (or runs off the end of the cache). The architecture's per-block config lists
+    (``layer_types``, which also sizes the cache and picks each block's attention mask; SmolLM3's
+    ``no_rope_layers``) keep the survivors' entries, and Qwen's ``max_window_layers`` counts the survivors
+    below it. Nothing is changed when the result would be refused: by transformers (the new config is
+    validated first), or by llama.cpp's fixed per-block grid (SmolLM3, Gemma 2 and 3).
     """
     import torch
 
-    layers = _layers(model)
+    layout, layers = _blocks(model)
     n_layers = len(layers)
     drop = set(indices)
     if len(drop) != len(indices) or not all(0 <= i < n_layers for i in drop):
@@ -328,21 +615,40 @@ def remove_layers(model: Any, indices: list[int]) -> None:
         return
     _check_run_length(len(drop), n_layers)
     kept = [i for i in range(n_layers) if i not in drop]
-    model.model.layers = torch.nn.ModuleList([layers[i] for i in kept])
-    for new_idx, layer in enumerate(model.model.layers):
+    cfg = model.config
+    if cfg.num_hidden_layers != n_layers:
+        raise EdgesftError(f"prune: the model has {n_layers} blocks, its config says {cfg.num_hidden_layers}")
+    if _misplaced(_position_rule(layout, cfg), kept):
+        raise _off_grid_error(cfg, layout, sorted(drop))
+
+    changes: dict[str, Any] = {"num_hidden_layers": len(kept)}
+    for name in layout.layer_lists:
+        values = getattr(cfg, name, None)
+        if values is None:
+            continue
+        if len(values) < n_layers:
+            raise EdgesftError(f"prune: config.{name} has {len(values)} entries for {n_layers} blocks")
+        changes[name] = [values[i] for i in kept]
+    if layout.window_layers and getattr(cfg, layout.window_layers, None) is not None:
+        # Qwen: blocks from max_window_layers on use the sliding window; the kept ones keep their kind.
+        changes[layout.window_layers] = sum(1 for i in kept if i < getattr(cfg, layout.window_layers))
+    problem = _unloadable(cfg, **changes)
+    if problem:
+        raise EdgesftError(
+            f"prune: removing blocks {sorted(drop)} leaves a config transformers refuses: {problem}"
+        )
+
+    parent_path, _, attr = layout.blocks.rpartition(".")
+    parent = _resolve(model, parent_path) if parent_path else model
+    setattr(parent, attr, torch.nn.ModuleList([layers[i] for i in kept]))
+    for new_idx, layer in enumerate(getattr(parent, attr)):
         for module in layer.modules():
             if isinstance(getattr(module, "layer_idx", None), int):
                 module.layer_idx = new_idx
-
-    cfg = model.config
-    cfg.num_hidden_layers = len(kept)
-    if getattr(cfg, "layer_types", None) is not None:
-        cfg.layer_types = [cfg.layer_types[i] for i in kept]
-        if hasattr(model.model, "has_sliding_layers"):
-            model.model.has_sliding_layers = "sliding_attention" in cfg.layer_types
-    if getattr(cfg, "max_window_layers", None) is not None:
-        # Qwen2: blocks from max_window_layers on use the sliding window; the kept ones keep their kind.
-        cfg.max_window_layers = sum(1 for i in kept if i < cfg.max_window_layers)
+    for name, value in changes.items():
+        setattr(cfg, name, value)
+    if getattr(cfg, "layer_types", None) is not None and hasattr(parent, "has_sliding_layers"):
+        parent.has_sliding_layers = "sliding_attention" in cfg.layer_types
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -377,19 +683,24 @@ def _linear_input_sums(
 def mlp_importance(model: Any, batches: list[Batch]) -> list[Any]:
     """Per block, per MLP neuron j: RMS over real tokens of its activation, times ``||down_proj[:, j]||``.
 
-    The activation is the input of ``down_proj``, act(gate(x)) * up(x): Minitron's activation-based
-    importance, weighted by how much the neuron can write into the residual stream so that a large
-    activation read out by near-zero weights still counts as unimportant. Float32 tensors on the CPU.
+    The activation is the input of ``down_proj``, act(gate(x)) * up(x) (also where the gate and up
+    projections are one fused matrix): Minitron's activation-based importance, weighted by how much the
+    neuron can write into the residual stream so that a large activation read out by near-zero weights still
+    counts as unimportant. Float32 tensors on the CPU.
     """
+    layout, layers = _blocks(model)
+
+    def down(layer: Any) -> Any:
+        return getattr(_mlp(layout, layer), layout.down)
 
     def sum_of_squares(a: Any, module: Any) -> Any:
         a = a.double()
         return (a * a).sum(dim=0)
 
-    sumsq, tokens = _linear_input_sums(model, batches, lambda layer: layer.mlp.down_proj, sum_of_squares)
+    sumsq, tokens = _linear_input_sums(model, batches, down, sum_of_squares)
     out = []
-    for layer, s in zip(_layers(model), sumsq, strict=True):
-        write_norm = layer.mlp.down_proj.weight.detach().double().norm(dim=0)
+    for layer, s in zip(layers, sumsq, strict=True):
+        write_norm = down(layer).weight.detach().double().norm(dim=0)
         out.append(((s / tokens).sqrt() * write_norm).float().cpu())
     return out
 
@@ -405,7 +716,11 @@ def head_group_importance(model: Any, batches: list[Batch]) -> list[Any]:
     """
     import torch
 
+    layout = _layout(model.config)
     heads, kv_heads, d = _attention_shape(model)
+
+    def o_proj(layer: Any) -> Any:
+        return getattr(_attention(layout, layer), layout.o)
 
     def head_output_norms(x: Any, module: Any) -> Any:
         w = module.weight
@@ -413,7 +728,7 @@ def head_group_importance(model: Any, batches: list[Batch]) -> list[Any]:
         norms = [(x[:, h * d : (h + 1) * d] @ w[:, h * d : (h + 1) * d].T).norm(dim=-1) for h in range(heads)]
         return torch.stack([n.double().sum() for n in norms])
 
-    sums, tokens = _linear_input_sums(model, batches, lambda layer: layer.self_attn.o_proj, head_output_norms)
+    sums, tokens = _linear_input_sums(model, batches, o_proj, head_output_norms)
     return [(s / tokens).view(kv_heads, heads // kv_heads).sum(dim=1).float().cpu() for s in sums]
 
 
@@ -453,27 +768,60 @@ def _slice_linear(linear: Any, dim: int, index: Any) -> None:
 def prune_mlp(model: Any, new_size: int, importance: list[Any]) -> None:
     """Shrink every block's MLP to ``new_size`` neurons in place, each block keeping its own most important.
 
-    ``importance`` comes from :func:`mlp_importance`. Kept neurons stay in their original order.
+    ``importance`` comes from :func:`mlp_importance`. Kept neurons stay in their original order. A fused
+    gate/up projection (Phi-3) keeps the same neurons' rows in both of its halves.
     """
-    layers = _layers(model)
+    import torch
+
+    layout, layers = _blocks(model)
     size = model.config.intermediate_size
     if not 1 <= new_size <= size:
         raise EdgesftError(f"prune: MLP width must be in 1..{size}, got {new_size}")
+    rows = 2 * size if layout.fused_gate_up else size
     for i, layer in enumerate(layers):
-        if layer.mlp.gate_proj.out_features != size:
+        mlp = _mlp(layout, layer)
+        got = (*(getattr(mlp, n).out_features for n in layout.gate_up), getattr(mlp, layout.down).in_features)
+        if got != (*(rows for _ in layout.gate_up), size):
             raise EdgesftError(
-                f"prune: block {i} MLP has {layer.mlp.gate_proj.out_features} neurons, the config says {size}"
+                f"prune: block {i} MLP has {'/'.join((*layout.gate_up, layout.down))} widths {got}, the "
+                f"config says {size} neurons"
             )
     _check_importance(importance, len(layers), size, "MLP")
     for layer, scores in zip(layers, importance, strict=True):
         keep = _top_sorted(scores, new_size)
-        mlp = layer.mlp
-        _slice_linear(mlp.gate_proj, 0, keep)
-        _slice_linear(mlp.up_proj, 0, keep)
-        _slice_linear(mlp.down_proj, 1, keep)
+        mlp = _mlp(layout, layer)
+        if layout.fused_gate_up:
+            _slice_linear(getattr(mlp, layout.gate_up[0]), 0, torch.cat([keep, size + keep]))
+        else:
+            for name in layout.gate_up:
+                _slice_linear(getattr(mlp, name), 0, keep)
+        _slice_linear(getattr(mlp, layout.down), 1, keep)
         if hasattr(mlp, "intermediate_size"):
             mlp.intermediate_size = new_size
     model.config.intermediate_size = new_size
+
+
+def _kv_groups_problem(config: Any, kv_groups: int) -> str | None:
+    """Why removing ``kv_groups`` KV groups per block would give a model transformers cannot load again, with
+    the counts that would fit, on one line; None when it loads."""
+    heads, kv_heads, d = config.num_attention_heads, config.num_key_value_heads, _head_dim(config)
+    per_group = heads // kv_heads
+
+    def problem(g: int) -> str | None:
+        kv = kv_heads - g
+        return _unloadable(config, num_attention_heads=kv * per_group, num_key_value_heads=kv, head_dim=d)
+
+    if kv_groups == 0:
+        return None  # the model as it is: it was loaded, so it loads
+    why = problem(kv_groups)
+    if why is None:
+        return None
+    fits = [g for g in range(kv_heads) if problem(g) is None]
+    return (
+        f"prune: removing {kv_groups} of {kv_heads} KV groups leaves {(kv_heads - kv_groups) * per_group} "
+        f"attention heads, and transformers refuses that {config.model_type} config ({why}); kv_groups that "
+        f"fit: {', '.join(map(str, fits)) or 'none'}"
+    )
 
 
 def prune_kv_groups(model: Any, keep: int, importance: list[Any]) -> None:
@@ -481,15 +829,20 @@ def prune_kv_groups(model: Any, keep: int, importance: list[Any]) -> None:
 
     ``importance`` comes from :func:`head_group_importance`. The query heads per KV head and the head size
     stay; ``config.head_dim`` is written out because hidden_size / num_attention_heads no longer gives it.
+    Per-head norms (q_norm, k_norm) act on one head's vector with weights shared by all heads, so they stay
+    as they are. A fused qkv projection (Phi-3) keeps the kept heads' rows in each of its three parts.
     """
     import torch
 
-    layers = _layers(model)
+    layout, layers = _blocks(model)
     heads, kv_heads, d = _attention_shape(model)
     per_group = heads // kv_heads
     if not 1 <= keep <= kv_heads:
         raise EdgesftError(f"prune: can keep 1 to {kv_heads} KV groups, got {keep}")
     _check_importance(importance, len(layers), kv_heads, "KV group")
+    problem = _kv_groups_problem(model.config, kv_heads - keep)
+    if problem:
+        raise EdgesftError(problem)
     offsets_d = torch.arange(d)
     offsets_r = torch.arange(per_group)
     for layer, scores in zip(layers, importance, strict=True):
@@ -497,14 +850,19 @@ def prune_kv_groups(model: Any, keep: int, importance: list[Any]) -> None:
         kv_rows = (groups[:, None] * d + offsets_d).flatten()
         q_heads = (groups[:, None] * per_group + offsets_r).flatten()
         q_rows = (q_heads[:, None] * d + offsets_d).flatten()
-        attn = layer.self_attn
-        _slice_linear(attn.q_proj, 0, q_rows)
-        _slice_linear(attn.k_proj, 0, kv_rows)
-        _slice_linear(attn.v_proj, 0, kv_rows)
-        _slice_linear(attn.o_proj, 1, q_rows)
+        attn = _attention(layout, layer)
+        if layout.fused_qkv:
+            k_start, v_start = heads * d, (heads + kv_heads) * d
+            rows = torch.cat([q_rows, k_start + kv_rows, v_start + kv_rows])
+            _slice_linear(getattr(attn, layout.qkv[0]), 0, rows)
+        else:
+            for name, index in zip(layout.qkv, (q_rows, kv_rows, kv_rows), strict=True):
+                _slice_linear(getattr(attn, name), 0, index)
+        _slice_linear(getattr(attn, layout.o), 1, q_rows)
         # transformers (4.57 and 5.x) infers the head count from q_proj's output (view(..., -1, head_dim))
         # and keeps only head_dim and num_key_value_groups, which do not change; older versions stored head
-        # counts.
+        # counts, and Phi-3 still keeps num_key_value_heads (to split its fused qkv output) and reads the
+        # query width from the shared config.
         for name, value in (
             ("num_heads", keep * per_group),
             ("num_attention_heads", keep * per_group),
@@ -524,20 +882,26 @@ def prune_kv_groups(model: Any, keep: int, importance: list[Any]) -> None:
 
 def _non_embedding_formula(config: Any) -> Callable[[int, int, int], int]:
     """``f(layers, intermediate, kv_heads)`` -> non-embedding parameters of ``config``'s architecture with
-    those sizes (query heads per KV head and head size fixed)."""
+    those sizes (query heads per KV head and head size fixed).
+
+    Per block: the attention projections (a fused qkv has as many weights as three separate ones) and their
+    biases, the per-head norms (one head_dim vector each), the MLP (three matrices, fused or not) and its
+    biases, and the layout's hidden-size norms; then the final norm. :func:`_blocks` checks that a model's
+    blocks hold exactly these parameters.
+    """
+    layout = _layout(config)
     h = config.hidden_size
     heads, kv_heads, d = config.num_attention_heads, config.num_key_value_heads, _head_dim(config)
     per_group = heads // kv_heads
-    attention_bias = bool(getattr(config, "attention_bias", False))  # Llama: on q, k, v and o
-    qkv_bias = attention_bias or config.model_type == "qwen2"  # Qwen2: on q, k and v only
-    mlp_bias = bool(getattr(config, "mlp_bias", False))
+    qkv_bias, o_bias, mlp_bias = _biases(layout, config)
+    norms, head_norms = len(layout.norms) * h, len(layout.head_norms) * d
 
     def count(layers: int, intermediate: int, kv: int) -> int:
         q_width, kv_width = kv * per_group * d, kv * d
-        attention = 2 * h * q_width + 2 * h * kv_width
-        attention += (q_width + 2 * kv_width) * qkv_bias + h * attention_bias
+        attention = 2 * h * q_width + 2 * h * kv_width + head_norms
+        attention += (q_width + 2 * kv_width) * qkv_bias + h * o_bias
         mlp = 3 * h * intermediate + (2 * intermediate + h) * mlp_bias
-        return layers * (attention + mlp + 2 * h) + h  # 2 RMSNorms per block, and the final norm
+        return layers * (attention + mlp + norms) + h  # and the final norm
 
     return count
 
@@ -555,7 +919,7 @@ def plan_pruning(
     """The pruned shape for a transformers config, computed from a parameter formula without touching weights.
 
     Args:
-        config: the model's config (Llama, Mistral or Qwen2 layout).
+        config: the model's config (an architecture of :data:`ARCHITECTURES`).
         target_fraction: fraction of the non-embedding parameters to remove.
         target_params: non-embedding parameters to keep. At most one of the two targets; with neither, only
             the explicit counts apply.
@@ -569,7 +933,7 @@ def plan_pruning(
 
     Raises EdgesftError when the target cannot be reached, or when the options leave the shape undetermined.
     """
-    _check_model_type(config)
+    _layout(config)
     n_layers, size = config.num_hidden_layers, config.intermediate_size
     heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
     if heads % kv_heads:
@@ -586,16 +950,11 @@ def plan_pruning(
         raise EdgesftError(
             f"prune: kv_groups removes 0 to {kv_heads - 1} of {kv_heads} KV groups, got {kv_groups}"
         )
-    heads_after = (kv_heads - kv_groups) * per_group
-    if config.hidden_size % heads_after:
-        # transformers 5 validates every config it builds (LlamaConfig.validate_architecture) and ignores an
-        # explicit head_dim there: the pruned model could be saved but never loaded again.
-        fits = [g for g in range(kv_heads) if config.hidden_size % ((kv_heads - g) * per_group) == 0]
-        raise EdgesftError(
-            f"prune: removing {kv_groups} of {kv_heads} KV groups leaves {heads_after} attention heads, and "
-            f"transformers refuses a config whose hidden_size ({config.hidden_size}) is not a multiple of "
-            f"the head count; kv_groups that fit: {', '.join(map(str, fits))}"
-        )
+    problem = _kv_groups_problem(config, kv_groups)
+    if problem:
+        # transformers 5 validates every config it builds and saves: the pruned model could be cut but never
+        # saved or loaded again.
+        raise EdgesftError(problem)
     if depth_layers is not None:
         if not depth:
             raise EdgesftError("prune: depth_layers is set but depth pruning is off")

@@ -1,4 +1,5 @@
-"""Shared fixtures: recipes on the tiny random model, written into a temp folder."""
+"""Shared fixtures: recipes on the tiny random model, written into a temp folder; tiny random models of any
+architecture."""
 
 from __future__ import annotations
 
@@ -55,3 +56,44 @@ def write_recipe(folder: Path, **sections: Any) -> Path:
 @pytest.fixture
 def recipe_file(tmp_path: Path) -> Path:
     return write_recipe(tmp_path)
+
+
+TINY_VOCAB = 256
+
+
+def tiny_model(model_type: str, seed: int = 0, **overrides: Any) -> Any:
+    """A tiny random causal LM of any transformers architecture (``AutoConfig.for_model``), float32, in eval
+    mode: 4 blocks, hidden 64, 4 query heads over 2 KV heads, MLP 128, a 256-token vocabulary; ``overrides``
+    go into the config.
+
+    Biases are drawn at random (transformers starts them at 0), and so is the spread of every norm's weights
+    (they start at 1, or at 0 in Gemma's ``1 + weight`` form): a bias or norm that is sliced, dropped or
+    attached to the wrong block then shows in the logits.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    settings: dict[str, Any] = {
+        "vocab_size": TINY_VOCAB,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 256,
+        "pad_token_id": 0,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+    }
+    settings.update(overrides)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(
+        AutoConfig.for_model(model_type, **settings), dtype=torch.float32
+    )
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith(".bias"):
+                param.normal_(0, 0.5)
+            elif "norm" in name:
+                param.add_(torch.randn_like(param) * 0.2)
+    return model.eval()

@@ -188,19 +188,33 @@ def test_validate_refuses_stages_that_cannot_take_the_architecture(
 ) -> None:
     import json
 
-    model = tmp_path / "qwen3-model"
-    model.mkdir()
-    (model / "config.json").write_text(
-        json.dumps({"model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"]})
-    )
+    from edgesft.prune import SUPPORTED_MODEL_TYPES
+
+    def model_folder(model_type: str) -> Path:
+        folder = tmp_path / f"{model_type}-model"
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps({"model_type": model_type}))
+        return folder
+
+    # An encoder: no stage takes it, and each enabled one says so on its own line.
+    model = model_folder("bert")
     recipe = ROOT / "recipes" / "ci-smoke.yaml"
     assert main(["validate", str(recipe), f"model.base={model}"]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 2 and all(line.startswith("error: ") for line in lines)
-    assert (
-        "prune.enabled: prune: architecture 'qwen3' is not supported (supported: llama, mistral, qwen2)"
-        in lines[0]
-    )
-    assert "export.gguf.enabled: gguf: architecture 'qwen3'" in lines[1]
-    ok = [f"model.base={model}", "prune.enabled=false", "export.gguf.enabled=false"]
-    assert main(["validate", str(recipe), *ok]) == 0  # ONNX takes qwen3
+    assert len(lines) == 3 and all(line.startswith("error: ") for line in lines)
+    assert "prune.enabled: prune: architecture 'bert' is not supported (supported: " in lines[0]
+    assert "); set prune.enabled: false" in lines[0]
+    supported = lines[0].split("(supported: ")[1].split(")")[0].split(", ")
+    assert sorted(supported) == sorted(SUPPORTED_MODEL_TYPES)
+    assert "export.gguf.enabled: gguf: architecture 'bert'" in lines[1]
+    assert "export.onnx.enabled: onnx: architecture 'bert'" in lines[2]
+    ok = [
+        f"model.base={model}",
+        "prune.enabled=false",
+        "export.gguf.enabled=false",
+        "export.onnx.enabled=false",
+    ]
+    assert main(["validate", str(recipe), *ok]) == 0
+    # Prune and ONNX take qwen3.
+    qwen3 = [f"model.base={model_folder('qwen3')}", "export.gguf.enabled=false"]
+    assert main(["validate", str(recipe), *qwen3]) == 0

@@ -1,17 +1,67 @@
-"""Structured pruning on tiny random models: scores find planted redundancy, surgery survives a reload."""
+"""Structured pruning on tiny random models: scores find planted redundancy, surgery survives a reload, on
+every architecture of :data:`edgesft.prune.ARCHITECTURES`."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from conftest import TINY_VOCAB, tiny_model
 
 from edgesft import prune
 from edgesft.errors import EdgesftError
 
-VOCAB = 256
+VOCAB = TINY_VOCAB
+
+# Per architecture, what makes its tiny model exercise the layout: biases, an explicit head_dim that is not
+# hidden / heads (64 / 4 = 16), sliding windows with a per-block pattern, soft-capping, partial RoPE, Granite's
+# multipliers. SmolLM3 keeps its default no_rope_layers (every 4th block without RoPE).
+ARCHS: dict[str, dict[str, Any]] = {
+    "llama": {"attention_bias": True, "mlp_bias": True},
+    "mistral": {"sliding_window": 6},
+    "qwen2": {"use_sliding_window": True, "sliding_window": 4, "max_window_layers": 2},
+    "qwen3": {
+        "head_dim": 24,
+        "attention_bias": True,
+        "use_sliding_window": True,
+        "sliding_window": 4,
+        "max_window_layers": 2,
+    },
+    "gemma2": {
+        "head_dim": 32,
+        "query_pre_attn_scalar": 32,
+        "sliding_window": 4,
+        "attn_logit_softcapping": 50.0,
+        "final_logit_softcapping": 30.0,
+    },
+    "gemma3_text": {
+        "head_dim": 24,
+        "query_pre_attn_scalar": 24,
+        "sliding_window": 4,  # every 6th block global, the only pattern llama.cpp runs
+        "final_logit_softcapping": 30.0,
+    },
+    "phi3": {"partial_rotary_factor": 0.75},  # Phi-4-mini style: RoPE on 12 of 16 head dims
+    "smollm3": {},
+    "granite": {
+        "attention_bias": True,
+        "mlp_bias": True,
+        "embedding_multiplier": 12.0,
+        "residual_multiplier": 0.22,
+        "attention_multiplier": 0.0625,
+        "logits_scaling": 8.0,
+    },
+}
+
+
+def tiny(arch: str, **overrides: Any) -> Any:
+    return tiny_model(arch, **{**ARCHS[arch], **overrides})
+
+
+def test_every_supported_architecture_is_tested() -> None:
+    assert set(ARCHS) == set(prune.SUPPORTED_MODEL_TYPES)
 
 
 def tiny_llama(**overrides: Any) -> Any:
@@ -205,29 +255,34 @@ def test_remove_layers_renumbers_the_kv_cache_index(tmp_path: Path) -> None:
 # Width
 
 
-def test_mlp_pruning_drops_planted_dead_neurons_without_changing_logits() -> None:
-    model = tiny_llama()
+def _mlp_rows(model: Any, block: int) -> torch.Tensor:
+    """The block's gate and up rows, one matrix [gate | up] whether or not the architecture fuses them."""
+    mlp = model.model.layers[block].mlp
+    if hasattr(mlp, "gate_up_proj"):
+        return mlp.gate_up_proj.weight
+    return torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_mlp_pruning_drops_planted_dead_neurons_without_changing_logits(arch: str) -> None:
+    model = tiny(arch)
     dead = [5, 17, 100]
     with torch.no_grad():
         for layer in model.model.layers:
             layer.mlp.down_proj.weight[:, dead] = 0
-    gate_before = model.model.layers[0].mlp.gate_proj.weight.clone()
+    rows_before = _mlp_rows(model, 0).clone()
     before = logits(model, batches())
 
     importance = prune.mlp_importance(model, batches())
-    assert len(importance) == 6 and importance[0].shape == (192,)
+    assert len(importance) == 4 and importance[0].shape == (128,)
     assert all(float(imp[dead].abs().max()) == 0 and float(imp.min()) == 0 for imp in importance)
-    prune.prune_mlp(model, 189, importance)
+    prune.prune_mlp(model, 125, importance)
 
-    kept = [j for j in range(192) if j not in dead]
-    mlp = model.model.layers[0].mlp
-    assert torch.equal(mlp.gate_proj.weight, gate_before[kept])
-    assert model.config.intermediate_size == 189
-    assert (mlp.gate_proj.weight.shape, mlp.up_proj.weight.shape, mlp.down_proj.weight.shape) == (
-        (189, 64),
-        (189, 64),
-        (64, 189),
-    )
+    kept = torch.tensor([j for j in range(128) if j not in dead])
+    assert torch.equal(_mlp_rows(model, 0), rows_before[torch.cat([kept, 128 + kept])])
+    assert model.config.intermediate_size == 125
+    assert _mlp_rows(model, 3).shape == (250, 64)
+    assert model.model.layers[3].mlp.down_proj.weight.shape == (64, 125)
     assert torch.allclose(logits(model, batches()), before, atol=1e-5)
 
 
@@ -238,13 +293,24 @@ def test_mlp_pruning_to_full_size_changes_nothing() -> None:
     assert torch.equal(logits(model, batches()), before)
 
 
-def test_kv_group_pruning_drops_planted_silent_groups_without_changing_logits() -> None:
-    model = tiny_llama()
-    d = 16  # 64 hidden / 4 heads; 2 query heads per KV group
-    silent = [i % 2 for i in range(6)]  # the group whose heads write nothing, per block
+def _qkv_shapes(model: Any, block: int) -> tuple[tuple[int, ...], ...]:
+    attn = model.model.layers[block].self_attn
+    names = ["qkv_proj"] if hasattr(attn, "qkv_proj") else ["q_proj", "k_proj", "v_proj"]
+    return tuple(tuple(getattr(attn, n).weight.shape) for n in names)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_kv_group_pruning_drops_planted_silent_groups_without_changing_logits(arch: str) -> None:
+    model = tiny(arch)
+    d = ARCHS[arch].get("head_dim", 16)  # explicit where set, else 64 / 4; 2 query heads per KV group
+    assert (getattr(model.config, "head_dim", None) or 16) == d
+    silent = [i % 2 for i in range(4)]  # the group whose heads write nothing, per block
     with torch.no_grad():
         for layer, g in zip(model.model.layers, silent, strict=True):
             layer.self_attn.o_proj.weight[:, 2 * g * d : 2 * (g + 1) * d] = 0
+    norms = {
+        n: p.clone() for n, p in model.named_parameters() if n.endswith(("q_norm.weight", "k_norm.weight"))
+    }
     before = logits(model, batches())
 
     importance = prune.head_group_importance(model, batches())
@@ -253,10 +319,13 @@ def test_kv_group_pruning_drops_planted_silent_groups_without_changing_logits() 
     prune.prune_kv_groups(model, 1, importance)
 
     cfg = model.config
-    assert (cfg.num_key_value_heads, cfg.num_attention_heads, cfg.head_dim) == (1, 2, 16)
+    assert (cfg.num_key_value_heads, cfg.num_attention_heads, cfg.head_dim) == (1, 2, d)
+    fused = ((4 * d, 64),)  # [2 query heads | 1 key head | 1 value head]
+    assert _qkv_shapes(model, 0) == (fused if arch == "phi3" else ((2 * d, 64), (d, 64), (d, 64)))
     attn = model.model.layers[0].self_attn
-    assert attn.q_proj.weight.shape == (32, 64) and attn.k_proj.weight.shape == (16, 64)
-    assert attn.o_proj.weight.shape == (64, 32) and attn.num_key_value_groups == 2
+    assert attn.o_proj.weight.shape == (64, 2 * d) and attn.num_key_value_groups == 2
+    # q_norm / k_norm act on one head's vector: the same weights for every head that is kept.
+    assert all(torch.equal(p, norms[n]) for n, p in model.named_parameters() if n in norms)
     assert torch.allclose(logits(model, batches()), before, atol=1e-5)
 
 
@@ -278,25 +347,54 @@ def test_unsupported_architecture_is_refused() -> None:
         prune.block_influence(model, batches())
 
 
+def test_a_block_with_weights_the_layout_does_not_know_is_refused() -> None:
+    model = tiny("qwen3")
+    model.model.layers[2].mlp.register_parameter("scale", torch.nn.Parameter(torch.ones(128)))
+    with pytest.raises(
+        EdgesftError, match=r"block 2 of this qwen3 model .*unexpected: mlp\.scale; missing: none"
+    ):
+        prune.mlp_importance(model, batches())
+    model = tiny("llama", attention_bias=False)
+    model.config.attention_bias = True  # the config promises biases the weights do not have
+    with pytest.raises(EdgesftError, match=r"missing: self_attn\.k_proj\.bias"):
+        prune.head_group_importance(model, batches())
+
+
 # --------------------------------------------------------------------------------------------------------
 # Save, reload with stock transformers, same logits
 
 
-def _apply(model: Any, kind: str) -> None:
+def _apply(model: Any, kind: str, width: int = 64) -> None:
     data = batches()
     if kind in ("kv", "all"):
         prune.prune_kv_groups(model, 1, prune.head_group_importance(model, data))
     if kind in ("mlp", "all"):
-        prune.prune_mlp(model, 96, prune.mlp_importance(model, data))
+        prune.prune_mlp(model, width, prune.mlp_importance(model, data))
     if kind in ("layers", "all"):
         removed, _ = prune.choose_layers("block_influence", model, data, 2)
         prune.remove_layers(model, removed)
 
 
+def _config_dict(model: Any) -> dict[str, Any]:
+    """The config as saved, less what saving itself adds."""
+    skip = {"transformers_version", "_name_or_path", "architectures", "dtype", "torch_dtype"}
+    return {k: v for k, v in model.config.to_dict().items() if k not in skip}
+
+
+def _generates_alike(model: Any, data: list[dict[str, torch.Tensor]]) -> bool:
+    """Greedy generation with the KV cache equals it without: each block reads its own cache entry."""
+    prompt = data[0]["input_ids"][:1, :8]
+    kwargs: dict[str, Any] = {"max_new_tokens": 6, "min_new_tokens": 6, "do_sample": False, "pad_token_id": 0}
+    with torch.no_grad():
+        return torch.equal(
+            model.generate(prompt, **kwargs), model.generate(prompt, use_cache=False, **kwargs)
+        )
+
+
 @pytest.mark.parametrize("kind", ["layers", "mlp", "kv", "all"])
-def test_pruned_model_reloads_with_the_same_logits(kind: str, tmp_path: Path) -> None:
+def test_pruned_llama_reloads_with_the_same_logits(kind: str, tmp_path: Path) -> None:
     model = tiny_llama()
-    _apply(model, kind)
+    _apply(model, kind, width=96)
     loaded = reload(model, tmp_path)
     cfg = loaded.config
     expect = {
@@ -314,6 +412,45 @@ def test_pruned_model_reloads_with_the_same_logits(kind: str, tmp_path: Path) ->
     assert len(loaded.model.layers) == expect[0]
     assert loaded.model.layers[-1].mlp.down_proj.weight.shape == (64, expect[1])
     assert torch.allclose(logits(loaded, batches()), logits(model, batches()), atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["layers", "mlp", "kv", "all"])
+@pytest.mark.parametrize("arch", ARCHS)
+def test_pruned_model_reloads_with_the_same_logits(arch: str, kind: str, tmp_path: Path) -> None:
+    model = tiny(arch)
+    original = _config_dict(model)
+    _apply(model, kind)
+    loaded = reload(model, tmp_path)
+    assert type(loaded) is type(model)
+    cfg = loaded.config
+    expect = {"layers": (2, 128, 2, 4), "mlp": (4, 64, 2, 4), "kv": (4, 128, 1, 2), "all": (2, 64, 1, 2)}[
+        kind
+    ]
+    got = (cfg.num_hidden_layers, cfg.intermediate_size, cfg.num_key_value_heads, cfg.num_attention_heads)
+    assert got == expect
+    assert len(loaded.model.layers) == expect[0]
+    assert loaded.model.layers[-1].mlp.down_proj.weight.shape == (64, expect[1])
+    assert prune.non_embedding_params(loaded) == prune.non_embedding_params(model)
+    # Everything but the pruned sizes and per-block lists is the original config: head_dim, multipliers,
+    # soft-capping, partial RoPE, sliding window.
+    saved = _config_dict(loaded)
+    assert saved == _config_dict(model)
+    changed = {k for k in original if saved.get(k) != original[k]}
+    assert changed <= {
+        "num_hidden_layers",
+        "intermediate_size",
+        "num_key_value_heads",
+        "num_attention_heads",
+        "layer_types",
+        "no_rope_layers",
+        "max_window_layers",
+        "head_dim",  # written out where the config had none (hidden / heads no longer gives it)
+    }
+    assert (getattr(cfg, "head_dim", None) or 16) == ARCHS[arch].get("head_dim", 16)
+    assert torch.allclose(logits(loaded, batches()), logits(model, batches()), atol=1e-5)
+    if kind == "all":
+        assert [layer.self_attn.layer_idx for layer in loaded.model.layers] == [0, 1]
+        assert _generates_alike(loaded, batches())
 
 
 def test_qwen2_biases_and_layer_types_survive_pruning(tmp_path: Path) -> None:
@@ -343,6 +480,100 @@ def test_qwen2_biases_and_layer_types_survive_pruning(tmp_path: Path) -> None:
         assert torch.equal(
             loaded.generate(prompt, **kwargs), loaded.generate(prompt, use_cache=False, **kwargs)
         )
+
+
+def _block_kinds(model: Any) -> list[Any]:
+    """What each block's attention module took from the per-block config lists when it was built."""
+    return [
+        (getattr(layer.self_attn, "sliding_window", None), getattr(layer.self_attn, "use_rope", None))
+        for layer in model.model.layers
+    ]
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "qwen3", "gemma2", "gemma3_text", "smollm3"])
+def test_per_block_config_lists_follow_the_kept_blocks(arch: str, tmp_path: Path) -> None:
+    model = tiny(arch, num_hidden_layers=8)
+    lists = {
+        n: list(getattr(model.config, n))
+        for n in ("layer_types", "no_rope_layers")
+        if hasattr(model.config, n)
+    }
+    assert "sliding_attention" in lists["layer_types"] or arch == "smollm3"
+    kinds = _block_kinds(model)
+    # SmolLM3, Gemma: removals that keep llama.cpp's fixed grid (no-RoPE every 4th, global every 2nd / 6th)
+    drop = {"smollm3": [4, 5, 6, 7], "gemma2": [0, 1, 7], "gemma3_text": [5, 6, 7]}.get(arch, [0, 3, 6])
+    kept = [i for i in range(8) if i not in drop]
+    prune.remove_layers(model, drop)
+    for name, values in lists.items():
+        assert getattr(model.config, name) == [values[i] for i in kept]
+    if hasattr(model.config, "max_window_layers"):
+        assert model.config.max_window_layers == sum(1 for i in kept if i < 2)
+
+    loaded = reload(model, tmp_path)
+    for name in lists:
+        assert getattr(loaded.config, name) == getattr(model.config, name)
+    assert _block_kinds(loaded) == [kinds[i] for i in kept]  # rebuilt from the saved lists, as before
+    assert torch.allclose(logits(loaded, batches()), logits(model, batches()), atol=1e-5)
+    assert _generates_alike(loaded, batches())
+
+
+# --------------------------------------------------------------------------------------------------------
+# SmolLM3: llama.cpp's fixed no-RoPE grid
+
+
+def _smollm3(n_layers: int = 8) -> Any:
+    model = tiny("smollm3", num_hidden_layers=n_layers)
+    assert model.config.no_rope_layers == [0 if (i + 1) % 4 == 0 else 1 for i in range(n_layers)]
+    return model
+
+
+def _on_grid(flags: list[int]) -> bool:
+    return flags == [0 if (i + 1) % 4 == 0 else 1 for i in range(len(flags))]
+
+
+def test_smollm3_depth_pruning_off_the_no_rope_grid_is_refused() -> None:
+    model = _smollm3()
+    with pytest.raises(EdgesftError, match=r"removing blocks \[1\] would move blocks \[3, 4, 7\]") as err:
+        prune.remove_layers(model, [1])
+    assert "\n" not in str(err.value) and "every 4th block" in str(err.value)
+    assert len(model.model.layers) == 8 and model.config.num_hidden_layers == 8  # nothing changed
+
+
+@pytest.mark.parametrize("drop", [[7], [6, 7], [1, 2, 3, 4], [3, 4, 5, 6], [1, 2, 3, 4, 5, 6, 7]])
+def test_smollm3_depth_pruning_on_the_grid_reloads(drop: list[int], tmp_path: Path) -> None:
+    model = _smollm3()
+    prune.remove_layers(model, drop)
+    assert _on_grid(model.config.no_rope_layers)
+    loaded = reload(model, tmp_path)
+    assert loaded.config.no_rope_layers == model.config.no_rope_layers
+    assert [bool(layer.self_attn.use_rope) for layer in loaded.model.layers] == [
+        bool(f) for f in model.config.no_rope_layers
+    ]
+    assert torch.allclose(logits(loaded, batches()), logits(model, batches()), atol=1e-5)
+
+
+def test_smollm3_block_influence_takes_the_cheapest_removal_on_the_grid() -> None:
+    model = _smollm3()
+    make_identity(model, 1, 2)
+    removed, scores = prune.choose_layers("block_influence", model, batches(), 2)
+    assert sorted(sorted(range(8), key=lambda i: scores[i])[:2]) == [1, 2]  # the two least influential ...
+    # ... would break the grid; the chosen pair is the cheapest of those that keep it, by brute force.
+    valid = [
+        list(c)
+        for c in itertools.combinations(range(8), 2)
+        if _on_grid([f for i, f in enumerate(model.config.no_rope_layers) if i not in c])
+    ]
+    assert removed == min(valid, key=lambda c: (sum(scores[i] for i in c), c))
+    prune.remove_layers(model, removed)
+    assert _on_grid(model.config.no_rope_layers)
+
+
+def test_smollm3_angular_distance_takes_the_least_distant_run_on_the_grid() -> None:
+    model = _smollm3()
+    make_identity(model, 2, 3, 4, 5)
+    assert prune.choose_layers("angular", model, batches(), 4)[0] == [2, 3, 4, 5]
+    # Runs of 2 stay on the grid only at the end.
+    assert prune.choose_layers("angular", model, batches(), 2)[0] == [6, 7]
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -380,13 +611,15 @@ def test_plan_depth_for_smollm2() -> None:
     assert plan["removed_fraction"] >= 0.25
 
 
-@pytest.mark.parametrize("variant", ["llama", "llama_biases", "qwen2"])
+@pytest.mark.parametrize("variant", ["llama6", "llama6_biases", "qwen2_96", *ARCHS])
 def test_planned_params_match_the_pruned_model(variant: str) -> None:
-    if variant == "qwen2":
+    if variant == "qwen2_96":
         model = tiny_qwen2()
-    else:
+    elif variant.startswith("llama6"):
         extra = {"attention_bias": True, "mlp_bias": True, "tie_word_embeddings": False}
-        model = tiny_llama(**(extra if variant == "llama_biases" else {}))
+        model = tiny_llama(**(extra if variant == "llama6_biases" else {}))
+    else:
+        model = tiny(variant)
     before = prune.non_embedding_params(model)
     plan = prune.plan_pruning(
         model.config, target_fraction=0.4, depth_layers=1, depth=True, mlp=True, kv_groups=1, multiple=16
@@ -455,3 +688,32 @@ def test_plan_refuses_head_counts_transformers_cannot_load() -> None:
     with pytest.raises(EdgesftError, match=r"leaves 6 attention heads.*kv_groups that fit: 0, 2, 3"):
         prune.plan_pruning(cfg, kv_groups=1)
     assert prune.plan_pruning(cfg, kv_groups=2)["num_attention_heads"] == 4
+
+
+def test_plan_refuses_kv_groups_that_break_phi3_long_rope() -> None:
+    # Phi-4-mini's proportions: long-RoPE factors for head_dim * 0.75 rotary dims, which transformers checks
+    # against hidden_size / num_attention_heads: any change of the head count fails that check on reload.
+    factors = [1.0] * 6  # 16 * 0.75 / 2
+    rope = {
+        "rope_type": "longrope",
+        "rope_theta": 10000.0,
+        "partial_rotary_factor": 0.75,
+        "short_factor": factors,
+        "long_factor": factors,
+        "original_max_position_embeddings": 128,
+    }
+    model = tiny("phi3", rope_parameters=rope)
+    with pytest.raises(
+        EdgesftError, match=r"refuses that phi3 config .*short_factor.*kv_groups that fit: 0$"
+    ):
+        prune.plan_pruning(model.config, kv_groups=1)
+    with pytest.raises(EdgesftError, match="refuses that phi3 config"):
+        prune.prune_kv_groups(model, 1, prune.head_group_importance(model, batches()))
+    assert model.model.layers[0].self_attn.qkv_proj.weight.shape == (128, 64)  # refused before any cut
+    assert prune.plan_pruning(model.config, target_fraction=0.2, mlp=True)["intermediate_size"] < 128
+
+
+def test_plan_refuses_gemma_head_counts_even_with_an_explicit_head_dim() -> None:
+    cfg = tiny("gemma2", num_attention_heads=8, num_key_value_heads=4).config
+    with pytest.raises(EdgesftError, match=r"leaves 6 attention heads.*gemma2.*kv_groups that fit: 0, 2, 3"):
+        prune.plan_pruning(cfg, kv_groups=1)

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import SMOKE_DATA, write_recipe
+from conftest import SMOKE_DATA, tiny_model, write_recipe
 
 from edgesft.config import load_recipe
 from edgesft.errors import QualityGateError, RecipeError
@@ -75,6 +75,64 @@ def test_kv_groups_and_lora_sft_heal(tmp_path: Path) -> None:
     assert model.config.num_key_value_heads == 1 and model.config.num_attention_heads == 2
     assert not any("lora" in n for n, _ in model.named_parameters())  # the heal adapter was merged
     assert manifests["prune"]["metrics"]["heal"]["params"] == "lora"
+
+
+def _model_folder(folder: Path, arch: str, **overrides: Any) -> Path:
+    """A tiny random ``arch`` model with the SmolLM2 tokenizer (from the cached ``tiny-llama`` folder)."""
+    from transformers import AutoTokenizer
+
+    from edgesft.config import ModelConfig
+    from edgesft.models import copy_tokenizer_files, resolve_model
+
+    tok_dir = resolve_model(ModelConfig(base="tiny-llama")).path
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    ids = {
+        "bos_token_id": tok.bos_token_id,
+        "eos_token_id": tok.eos_token_id,
+        "pad_token_id": tok.pad_token_id,
+    }
+    model = tiny_model(arch, vocab_size=len(tok), **ids, **overrides)
+    model.save_pretrained(folder, safe_serialization=True)
+    copy_tokenizer_files(tok_dir, folder)
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("arch", "overrides"),
+    [
+        ("phi3", {"partial_rotary_factor": 0.75}),  # fused qkv_proj and gate_up_proj
+        ("smollm3", {}),  # no-RoPE grid: the removed block must keep it
+    ],
+)
+def test_prune_stage_on_other_architectures(arch: str, overrides: dict[str, Any], tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    base = _model_folder(tmp_path / "base", arch, **overrides)
+    path = write_recipe(
+        tmp_path,
+        model={"base": str(base)},
+        train={"max_steps": 2, "eval_steps": 2},
+        eval={"max_rows": 2},
+        prune={
+            **PRUNE,
+            "width": {"mlp": True, "multiple": 16, "kv_groups": 1},
+            "heal": {
+                "method": "distill",
+                "learning_rate": 3e-3,
+                "max_steps": 2,
+                "eval_steps": 2,
+                "batch_size": 8,
+            },
+        },
+    )
+    m = _run(path)["prune"]["metrics"]
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "runs" / "t" / "prune" / "model")
+    assert model.config.model_type == arch and model.config.num_hidden_layers == 3
+    assert (model.config.num_key_value_heads, model.config.num_attention_heads) == (1, 2)
+    assert model.config.intermediate_size == m["plan"]["intermediate_size"]
+    assert m["params_non_embedding"] == m["plan"]["non_embedding_after"] and m["removed_fraction"] >= 0.4
+    if arch == "smollm3":
+        assert m["removed_layers"] == [3] and model.config.no_rope_layers == [1, 1, 1]  # the only one
 
 
 def test_quality_gate_stops_the_run_and_rechecks_without_rerunning(tmp_path: Path) -> None:
