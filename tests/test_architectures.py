@@ -92,7 +92,7 @@ def _recipe(folder: Path, base: Path, model_type: str) -> Path:
             "latency": {
                 "prompt_lengths": [16],
                 "decode_depths": [0],
-                "decode_tokens": 2,
+                "decode_tokens": 4,
                 "warmup": 0,
                 "repeats": 1,
             },
@@ -101,7 +101,7 @@ def _recipe(folder: Path, base: Path, model_type: str) -> Path:
     )
 
 
-@pytest.mark.slow
+@pytest.mark.matrix
 @pytest.mark.parametrize("name", list(ARCHITECTURES))
 def test_architecture_runs_every_stage(name: str, cache: Path, tmp_path: Path) -> None:
     model_type = ARCHITECTURES[name][0]

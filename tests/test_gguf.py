@@ -338,3 +338,32 @@ def test_check_modelfile_catches_errors(tmp_path: Path) -> None:
     assert any("unknown instruction" in p for p in problems)
     assert any("unknown parameter 'temp'" in p for p in problems)
     assert any("unterminated" in p for p in problems)
+
+
+def test_gguf_name_says_phi3_exactly_when_the_tokenizer_strips_special_tokens(tmp_path: Path) -> None:
+    from edgesft.llama_convert import gguf_model_name
+
+    def folder(rstrip: bool) -> Path:
+        d = tmp_path / f"phi3-run-{rstrip}"  # llama.cpp would read "phi3" in a folder name
+        d.mkdir(exist_ok=True)
+        added = [{"id": 5, "content": "<|end|>", "special": True, "rstrip": rstrip}]
+        (d / "tokenizer.json").write_text(json.dumps({"added_tokens": added}))
+        return d
+
+    assert gguf_model_name("Phi3-phone", folder(False)) == "phone"
+    assert gguf_model_name("phone", folder(True)) == "phone-phi3"
+    assert gguf_model_name("phi-3", folder(False)) == "model"
+
+
+def test_converter_refuses_what_llama_cpp_would_run_wrong(tmp_path: Path) -> None:
+    from edgesft.llama_convert import _check_convertible
+
+    gemma3 = {"model_type": "gemma3_text", "head_dim": 32, "query_pre_attn_scalar": 32}
+    _check_convertible({**gemma3, "layer_types": ["sliding_attention"] * 5 + ["full_attention"]}, tmp_path)
+    with pytest.raises(EdgesftError, match="not the every-6th-layer pattern"):
+        _check_convertible({**gemma3, "layer_types": ["sliding_attention", "full_attention"]}, tmp_path)
+    with pytest.raises(EdgesftError, match="query_pre_attn_scalar 256 differs from head_dim 32"):
+        _check_convertible({**gemma3, "query_pre_attn_scalar": 256}, tmp_path)
+    with pytest.raises(EdgesftError, match="no_rope_layers"):
+        _check_convertible({"model_type": "smollm3", "no_rope_layers": [1, 1, 0, 1]}, tmp_path)
+    _check_convertible({"model_type": "smollm3", "no_rope_layers": [1, 1, 1, 0, 1]}, tmp_path)
