@@ -97,6 +97,7 @@ def _recipe(folder: Path, base: Path, model_type: str) -> Path:
                 "repeats": 1,
             },
             "quality": {"test_rows": 1, "val_rows": 1},
+            "torch": False,
         },
     )
 
