@@ -395,6 +395,18 @@ def _tiny_model(cfg: ModelConfig) -> ResolvedModel:
     return ResolvedModel(dest, f"tiny:{key}", f"tiny:{json.dumps(t.model_dump(), sort_keys=True)}")
 
 
+def save_tokenizer(tok: Any, dest: Path, source: Path) -> None:
+    """``tok.save_pretrained(dest)``, keeping ``source``'s SentencePiece model file.
+
+    transformers 5 does not write ``tokenizer.model`` back, and llama.cpp's converter reads it for the
+    SentencePiece families: without it a Phi-3 or Gemma 2 folder cannot be converted, and a Llama 2 or
+    Mistral one is converted with a vocabulary rebuilt from tokenizer.json that llama.cpp splits differently
+    (measured: "Tabs" as ▁Tab + s instead of ▁T + abs, caught by verify's tokenizer check)."""
+    tok.save_pretrained(dest)
+    if (source / "tokenizer.model").is_file():
+        shutil.copy2(source / "tokenizer.model", dest / "tokenizer.model")
+
+
 def copy_tokenizer_files(src: Path, dst: Path) -> None:
     """Copy the tokenizer files of a model folder (used when a stage writes its own tokenizer)."""
     for name in (

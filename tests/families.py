@@ -122,6 +122,11 @@ def make_architecture(name: str, folder: Path, cache: Path, **extra: Any) -> Pat
     _sharpen(model, 8.0)
     model.save_pretrained(folder, safe_serialization=True)
     copy_tokenizer_files(tok_dir, folder)
+    if name == "phi4-mini":
+        # Phi-4-mini ships a GPT-2 style BPE tokenizer under that class name; llama.cpp's converter takes the
+        # BPE path for Phi-3 models only when it sees it (otherwise it wants a SentencePiece model)
+        tc = json.loads((folder / "tokenizer_config.json").read_text())
+        (folder / "tokenizer_config.json").write_text(json.dumps({**tc, "tokenizer_class": "GPT2Tokenizer"}))
     gen = folder / "generation_config.json"
     if gen.is_file():
         config = json.loads(gen.read_text())

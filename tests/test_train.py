@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -196,3 +197,39 @@ def test_ci_smoke_recipe_end_to_end_then_all_cache_hits(tmp_path: Path) -> None:
     second = _cli(["run", "recipes/ci-smoke.yaml", "--root", str(tmp_path)])
     assert second.returncode == 0
     assert second.stdout.count("cache hit") == 9 and "running" not in second.stdout
+
+
+def test_qlora_layers_keep_their_gradient_after_a_validation_pass(tmp_path: Path) -> None:
+    """bitsandbytes repacks a 4-bit layer for an inference kernel on its first eval-mode forward (on AVX512-BF16
+    CPUs); that kernel has no backward and adds biases in place. After a validation pass, gradients must
+    still flow through every frozen 4-bit layer, biases included."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from edgesft.config import TrainConfig
+    from edgesft.models import ModelConfig, copy_tokenizer_files, resolve_model
+    from edgesft.stages.train import build_qlora
+    from tests.conftest import tiny_model
+
+    tok_dir = resolve_model(ModelConfig(base="tiny-llama")).path
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    base = tmp_path / "base"
+    tiny_model("llama", vocab_size=len(tok), attention_bias=True).save_pretrained(base)
+    copy_tokenizer_files(tok_dir, base)
+    cfg = TrainConfig(method="qlora", lora={"r": 8, "alpha": 16, "dropout": 0.0})
+    model, _ = build_qlora(base, tok, cfg, "float32")
+    ids = torch.tensor([[1, 5, 9, 14, 3]])
+
+    def lora_b_grads() -> list[Any]:
+        model.zero_grad()
+        model(input_ids=ids, labels=ids).loss.backward()
+        return [p.grad.clone() for n, p in model.named_parameters() if "lora_B" in n]
+
+    model.train()
+    before = lora_b_grads()
+    model.eval()
+    with torch.no_grad():
+        model(input_ids=ids)  # the validation pass
+    model.train()
+    after = lora_b_grads()
+    assert before and all(torch.allclose(a, b, atol=1e-6) for a, b in zip(before, after, strict=True))

@@ -15,7 +15,7 @@ from edgesft.chat import RenderError, encode, encode_conversation, render
 from edgesft.config import Recipe
 from edgesft.errors import DataError
 from edgesft.io import atomic_write_json, sha256_file
-from edgesft.models import resolve_model
+from edgesft.models import resolve_model, save_tokenizer
 from edgesft.pipeline import StageInputs, StageResult
 
 
@@ -115,7 +115,7 @@ def run(recipe: Recipe, inputs: StageInputs, out_dir: Path) -> StageResult:
     D.write_rows(out_dir / "train.jsonl", train)
     D.write_rows(out_dir / "val.jsonl", val)
     D.write_rows(out_dir / "test.jsonl", test)
-    tok.save_pretrained(out_dir / "tokenizer")
+    save_tokenizer(tok, out_dir / "tokenizer", model.path)
 
     probe = render(tok, [{"role": "user", "content": "x"}], add_generation_prompt=True)
     summary = {

@@ -25,6 +25,7 @@ from edgesft.data import load_rows
 from edgesft.errors import EdgesftError
 from edgesft.evaluate import loss_and_perplexity
 from edgesft.io import link_tree, read_json, sha256_file
+from edgesft.models import save_tokenizer
 from edgesft.pipeline import StageInputs, StageResult
 from edgesft.quality import measure, param_counts
 
@@ -153,8 +154,8 @@ def run(recipe: Recipe, inputs: StageInputs, out_dir: Path) -> StageResult:
     if m.dtype == "bfloat16":
         model = model.to(torch.bfloat16)
     model.save_pretrained(out_dir / "model", safe_serialization=True)
-    tok.save_pretrained(out_dir / "model")
-    tok.save_pretrained(out_dir / "tokenizer")
+    save_tokenizer(tok, out_dir / "model", train_dir / "tokenizer")
+    save_tokenizer(tok, out_dir / "tokenizer", train_dir / "tokenizer")
     metrics.update(param_counts(model))
     metrics.update(measure(recipe, model, tok, data_dir, out_dir, label="merged model"))
     return StageResult(metrics=metrics, info=out_info)

@@ -23,6 +23,7 @@ from edgesft.config import Recipe, TrainConfig
 from edgesft.data import Row, load_rows
 from edgesft.evaluate import loss_and_perplexity
 from edgesft.io import atomic_write_json
+from edgesft.models import save_tokenizer
 from edgesft.pipeline import StageInputs, StageResult, last_model_stage
 from edgesft.quality import measure, param_counts
 
@@ -186,8 +187,8 @@ def run(recipe: Recipe, inputs: StageInputs, out_dir: Path) -> StageResult:
     if p.heal.method != "none":
         model, metrics["heal"] = heal(recipe, model, tok, src, train_rows, val_rows, inputs.work_dir, out_dir)
     model.save_pretrained(out_dir / "model", safe_serialization=True)
-    tok.save_pretrained(out_dir / "model")
-    tok.save_pretrained(out_dir / "tokenizer")
+    save_tokenizer(tok, out_dir / "model", src)
+    save_tokenizer(tok, out_dir / "tokenizer", src)
     metrics.update(measure(recipe, model, tok, data_dir, out_dir, val_rows, "pruned model"))
     metrics["peak_memory_mb"] = peak_memory_mb()
     return StageResult(

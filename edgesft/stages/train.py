@@ -25,7 +25,7 @@ from edgesft.data import Row, load_rows
 from edgesft.errors import EdgesftError
 from edgesft.evaluate import load_model, loss_and_perplexity, task_metrics
 from edgesft.io import atomic_write_json, read_json, sha256_json
-from edgesft.models import cache_root
+from edgesft.models import cache_root, save_tokenizer
 from edgesft.pipeline import StageInputs, StageResult, is_main, world
 from edgesft.quality import measure, param_counts, test_rows
 
@@ -118,6 +118,14 @@ def build_qlora(base: Path, tok: Any, cfg: TrainConfig, dtype: str) -> tuple[Any
         bnb_4bit_compute_dtype=getattr(torch, dtype),
     )
     model, new_ids = _load_base(base, tok, quant)
+    # bitsandbytes 0.50, measured on an AVX512-BF16 CPU: a Linear4bit's first eval-mode forward (the first
+    # validation pass) repacks its weights for an inference kernel and never unpacks them. Training forwards
+    # after it run that kernel, which has no backward (no gradient reaches the layers below), gives other
+    # outputs, and adds a bias in place (a RuntimeError for any model with biases: Qwen2, attention_bias).
+    # Every layer stays on the dequantize-and-matmul path instead.
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
     return get_peft_model(model, lora_config(cfg, False, new_ids)), "adapter"
 
@@ -615,9 +623,9 @@ def run(recipe: Recipe, inputs: StageInputs, out_dir: Path) -> StageResult:
         model.save_pretrained(out_dir / "adapter", safe_serialization=True)
     else:
         model.save_pretrained(out_dir / "model", safe_serialization=True)
-    tok.save_pretrained(out_dir / "tokenizer")
+    save_tokenizer(tok, out_dir / "tokenizer", data_dir / "tokenizer")
     if kind == "model":
-        tok.save_pretrained(out_dir / "model")
+        save_tokenizer(tok, out_dir / "model", data_dir / "tokenizer")
     atomic_write_json(out_dir / "loss_curve.json", loss_curve(fitted.state))
     metrics: dict[str, Any] = {
         "method": cfg.method,
