@@ -32,11 +32,10 @@ def _vectors(vocab: str) -> list[tuple[str, list[int]]]:
     return [(t, [int(x) for x in i.split()]) for t, i in zip(texts, ids, strict=False) if t]
 
 
-# Measured: the texts on which transformers' tokenizer (rebuilt from the GGUF) and llama.cpp's disagree.
-# Byte-level BPE: one Vietnamese text, which llama.cpp's .out (made from the original Hugging Face
-# tokenizer) splits as that tokenizer's NFC handling does. SentencePiece: texts that start with whitespace,
-# where transformers' Metaspace pre-tokenizer skips the "▁" prefix SentencePiece and llama.cpp put there.
-KNOWN_MISMATCHES = {"llama-bpe": 1, "qwen2": 0, "gpt-2": 0, "llama-spm": 15, "phi-3": 15}
+# Measured: the texts on which the rebuilt tokenizer and llama.cpp's expected ids disagree. One Vietnamese
+# text in Llama 3's vectors, which llama.cpp's .out (made from the original Hugging Face tokenizer) splits
+# as that tokenizer's own Unicode handling does.
+KNOWN_MISMATCHES = {"llama-bpe": 1, "qwen2": 0, "gpt-2": 0, "llama-spm": 0, "phi-3": 0}
 
 
 @pytest.mark.parametrize("vocab", sorted(KNOWN_MISMATCHES))
@@ -48,8 +47,6 @@ def test_rebuilt_tokenizers_match_llama_cpp_test_vectors(vocab: str, cache: Path
     bad = [text for text, ids in vectors if tok.encode(text, add_special_tokens=False) != ids]
     assert len(vectors) >= 40
     assert len(bad) == KNOWN_MISMATCHES[vocab], bad
-    if vocab in ("llama-spm", "phi-3"):
-        assert all(text[:1].isspace() for text in bad), bad
 
 
 def _recipe(folder: Path, base: Path, model_type: str) -> Path:
@@ -140,9 +137,12 @@ def test_architecture_runs_every_stage(name: str, cache: Path, tmp_path: Path) -
         assert record["checks"]["tokenizer"]["passed"] and record["checks"]["eos"]["passed"], key
 
     gguf = json.loads((run / "gguf" / "manifest.json").read_text())["metrics"]
+    # Every quantized matrix had importance data; an untied token embedding is a row lookup, not a matmul,
+    # so it has none (llama.cpp's own imatrix tool collects none for it either).
+    allowed = set() if gguf["float"]["tied_embeddings"] else {"token_embd.weight"}
     for art in gguf["artifacts"]:
         assert art["status"] == "ok", art
         if art["precision"] != "F16":
-            assert art["imatrix_missing"] == [], art  # every quantized tensor had importance data
+            assert set(art["imatrix_missing"]) <= allowed, art
     bench = json.loads((run / "bench" / "manifest.json").read_text())["metrics"]
     assert bench, "bench measured the artifacts"
