@@ -183,14 +183,15 @@ def _convert_gguf(gguf_path: Path, out: Path) -> None:
     del model
 
 
-def tokenizer_from_gguf(gguf_path: Path, folder: Path | None = None) -> Any:
+def tokenizer_from_gguf(gguf_path: Path, folder: Path | None = None, space_prefix: bool | None = None) -> Any:
     """Build a Hugging Face tokenizer from a GGUF's vocabulary, merges and metadata.
 
     Byte-level BPE vocabularies (``gpt2``: SmolLM2, Llama 3, Qwen2, GPT-2) become a fast tokenizer built here;
     SentencePiece vocabularies (``llama``: Llama 2, Mistral, Phi-3, Gemma) become a ``tokenizer.model`` written
     into ``folder`` (required for them) that the returned tokenizer is loaded from, because llama.cpp's
-    converter reads that file for these families. transformers' own GGUF tokenizer conversion is not used
-    because of the flaws in this module's docstring.
+    converter reads that file for these families. ``space_prefix`` overrides the file's
+    ``tokenizer.ggml.add_space_prefix`` for those (Gemma's SentencePiece models put no "▁" before a text).
+    transformers' own GGUF tokenizer conversion is not used because of the flaws in this module's docstring.
     """
     from gguf import GGUFReader
 
@@ -204,7 +205,7 @@ def tokenizer_from_gguf(gguf_path: Path, folder: Path | None = None) -> Any:
     if kind == "llama":
         if folder is None:
             raise EdgesftError(f"model.base: {gguf_path.name}: a SentencePiece tokenizer needs a folder")
-        return _sentencepiece_from_gguf(gguf_path, field, folder)
+        return _sentencepiece_from_gguf(gguf_path, field, folder, space_prefix)
     if kind != "gpt2":
         raise EdgesftError(
             f"model.base: {gguf_path.name}: tokenizer type {kind!r} is not supported (gpt2 and llama are)"
@@ -287,7 +288,7 @@ def _bpe_from_gguf(gguf_path: Path, field: Any) -> Any:
 _SPM_NORMAL, _SPM_UNKNOWN, _SPM_CONTROL, _SPM_USER_DEFINED, _SPM_UNUSED, _SPM_BYTE = 1, 2, 3, 4, 5, 6
 
 
-def _sentencepiece_from_gguf(gguf_path: Path, field: Any, folder: Path) -> Any:
+def _sentencepiece_from_gguf(gguf_path: Path, field: Any, folder: Path, space_prefix: bool | None) -> Any:
     """A SentencePiece BPE model rebuilt from a GGUF's pieces, scores and types, saved as
     ``folder/tokenizer.model``; the tokens after the last ordinary piece are added tokens, as in the
     original folders (Phi-3's chat tokens sit after its 32000 pieces)."""
@@ -314,7 +315,9 @@ def _sentencepiece_from_gguf(gguf_path: Path, field: Any, folder: Path) -> Any:
     trainer.pad_id = -1
     norm = proto.normalizer_spec
     norm.name = "identity"
-    norm.add_dummy_prefix = bool(field("tokenizer.ggml.add_space_prefix", True))
+    norm.add_dummy_prefix = (
+        bool(field("tokenizer.ggml.add_space_prefix", True)) if space_prefix is None else space_prefix
+    )
     norm.remove_extra_whitespaces = False
     norm.escape_whitespaces = True
     folder.mkdir(parents=True, exist_ok=True)
@@ -466,6 +469,16 @@ def save_tokenizer(tok: Any, dest: Path, source: Path) -> None:
     tok.save_pretrained(dest)
     if (source / "tokenizer.model").is_file():
         shutil.copy2(source / "tokenizer.model", dest / "tokenizer.model")
+    # transformers 5 also writes its generic "TokenizersBackend" as the class; other tools branch on the
+    # original name (llama.cpp's converter takes Phi-4-mini's BPE path only for "GPT2Tokenizer"), so it stays.
+    original = read_json(source / "tokenizer_config.json")
+    saved = read_json(dest / "tokenizer_config.json")
+    if isinstance(original, dict) and isinstance(saved, dict):
+        cls = original.get("tokenizer_class")
+        if isinstance(cls, str) and saved.get("tokenizer_class") != cls:
+            (dest / "tokenizer_config.json").write_text(
+                json.dumps({**saved, "tokenizer_class": cls}, indent=2)
+            )
 
 
 def copy_tokenizer_files(src: Path, dst: Path) -> None:

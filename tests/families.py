@@ -3,7 +3,8 @@
 The tokenizers are rebuilt (:func:`edgesft.models.tokenizer_from_gguf`) from llama.cpp's tokenizer test
 vocabularies, which ``python -m edgesft.llama_convert install`` takes from the llama-cpp-python source release:
 nothing is downloaded. Gemma's own SentencePiece vocabulary is not among them (the release carries Gemma 4's,
-a new tokenizer type), so the Gemma models get Llama 2's SentencePiece vocabulary, the same tokenizer kind.
+a new tokenizer type), so the Gemma models get Llama 2's SentencePiece vocabulary, the same tokenizer kind,
+without the "▁" prefix before a text as Gemma's has none ("llama-spm-gemma").
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ ARCHITECTURES: dict[str, tuple[str, str, dict[str, Any]]] = {
     "qwen3": ("qwen3", "qwen2", {"head_dim": 32, "tie_word_embeddings": True}),
     "gemma2": (
         "gemma2",
-        "llama-spm",
+        "llama-spm-gemma",
         {
             "head_dim": 32,
             "query_pre_attn_scalar": 32,
@@ -51,7 +52,7 @@ ARCHITECTURES: dict[str, tuple[str, str, dict[str, Any]]] = {
     ),  # fmt: skip
     "gemma3_text": (
         "gemma3_text",
-        "llama-spm",
+        "llama-spm-gemma",
         {"head_dim": 32, "query_pre_attn_scalar": 32, "sliding_window": 8},
     ),
     "phi3": ("phi3", "phi-3", {"tie_word_embeddings": False}),
@@ -78,12 +79,13 @@ def family_tokenizer(vocab: str, cache: Path) -> Path:
     folder = cache / f"tokenizer-{vocab}"
     if not (folder / "tokenizer_config.json").is_file():
         try:
-            source = vocab_file(vocab)
+            source = vocab_file(vocab.removesuffix("-gemma"))
         except Exception as e:  # noqa: BLE001 - the converter is installed by scripts/install.sh
             pytest.skip(f"llama.cpp's tokenizer vocabularies are not installed: {e}")
         tmp = cache / f".tokenizer-{vocab}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        tokenizer_from_gguf(source, tmp).save_pretrained(tmp)
+        prefix = False if vocab.endswith("-gemma") else None
+        tokenizer_from_gguf(source, tmp, space_prefix=prefix).save_pretrained(tmp)
         tmp.rename(folder)
     return folder
 

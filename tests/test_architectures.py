@@ -15,7 +15,7 @@ import pytest
 from conftest import write_recipe
 from families import ARCHITECTURES, family_tokenizer, make_architecture
 
-from edgesft.support import stage_problem
+from edgesft.support import sentencepiece_bos, stage_problem
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,7 @@ def test_rebuilt_tokenizers_match_llama_cpp_test_vectors(vocab: str, cache: Path
 
 
 def _recipe(folder: Path, base: Path, model_type: str) -> Path:
-    onnx = stage_problem("onnx", model_type) is None
+    onnx = stage_problem("onnx", model_type) is None and not sentencepiece_bos(base)
     return write_recipe(
         folder,
         model={"base": str(base)},
@@ -128,7 +128,7 @@ def test_architecture_runs_every_stage(name: str, cache: Path, tmp_path: Path) -
 
     artifacts = json.loads((run / "verify" / "manifest.json").read_text())["metrics"]["artifacts"]
     expected = {"gguf/t-F16.gguf", "gguf/t-Q8_0.gguf", "gguf/t-Q4_K_M.gguf"}
-    if stage_problem("onnx", model_type) is None:
+    if stage_problem("onnx", model_type) is None and not sentencepiece_bos(base):
         expected |= {k for k in artifacts if k.startswith("onnx/")}
         assert len([k for k in artifacts if k.startswith("onnx/")]) == 1
     assert expected <= set(artifacts), sorted(artifacts)
