@@ -31,6 +31,26 @@ ONNX_REFUSALS = {
 }
 
 
+# Measured on a tiny Mistral with Llama 2's SentencePiece tokenizer: onnxruntime-genai 0.18's tokenizer does
+# not put the BOS that the Hugging Face tokenizer (and llama.cpp) put before every text ("Hello world":
+# [15043, 3186] instead of [1, 15043, 3186]); verify's tokenizer check fails every such ONNX folder.
+ONNX_SENTENCEPIECE_BOS = (
+    "onnxruntime-genai 0.18's tokenizer drops the BOS this SentencePiece tokenizer puts before every text"
+)
+
+
+def sentencepiece_bos(folder: Path) -> bool:
+    """Whether a model folder's tokenizer is a SentencePiece one (``tokenizer.model``) that adds a BOS."""
+    if not (folder / "tokenizer.model").is_file():
+        return False
+    try:
+        tj = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+        single = ((tj.get("post_processor") or {}).get("single")) or []
+    except (OSError, ValueError, AttributeError):
+        return False
+    return bool(single) and isinstance(single[0], dict) and "SpecialToken" in single[0]
+
+
 def causal_lm_class(model_type: str) -> str | None:
     """transformers' causal-LM class name for a ``model_type`` (what a saved config lists as its
     ``architectures``)."""
@@ -91,6 +111,7 @@ def base_config(recipe: Recipe) -> dict[str, Any] | None:
         return {
             "model_type": config["model_type"],
             "architectures": archs if isinstance(archs, list) else None,
+            "sentencepiece_bos": sentencepiece_bos(local),
         }
     if local.suffix == ".gguf" and local.is_file():
         try:
@@ -118,6 +139,8 @@ def architecture_problems(recipe: Recipe) -> list[tuple[str, str]]:
         if not on:
             continue
         problem = stage_problem(stage, config["model_type"], config["architectures"])
+        if stage == "onnx" and not problem and config.get("sentencepiece_bos"):
+            problem = ONNX_SENTENCEPIECE_BOS
         if problem:
             out.append((key, f"{stage}: {problem}; set {key}: false"))
     return out

@@ -56,7 +56,7 @@ ARCHITECTURES: dict[str, tuple[str, str, dict[str, Any]]] = {
         {"head_dim": 32, "query_pre_attn_scalar": 32, "sliding_window": 8},
     ),
     "phi3": ("phi3", "phi-3", {"tie_word_embeddings": False}),
-    "phi4-mini": ("phi3", "llama-bpe", {"partial_rotary_factor": 0.75, "tie_word_embeddings": True}),
+    "phi4-mini": ("phi3", "gpt-2", {"partial_rotary_factor": 0.75, "tie_word_embeddings": True}),
     "smollm3": ("smollm3", "llama-bpe", {"tie_word_embeddings": True}),
     "granite": (
         "granite",
@@ -125,7 +125,8 @@ def make_architecture(name: str, folder: Path, cache: Path, **extra: Any) -> Pat
     model.save_pretrained(folder, safe_serialization=True)
     copy_tokenizer_files(tok_dir, folder)
     if name == "phi4-mini":
-        # Phi-4-mini ships a GPT-2 style BPE tokenizer under that class name; llama.cpp's converter takes the
+        # Phi-4-mini ships a GPT-2 style BPE tokenizer under that class name (its own 200k vocabulary is not
+        # among llama.cpp's test files: GPT-2's stands in); llama.cpp's converter takes the
         # BPE path for Phi-3 models only when it sees it (otherwise it wants a SentencePiece model)
         tc = json.loads((folder / "tokenizer_config.json").read_text())
         (folder / "tokenizer_config.json").write_text(json.dumps({**tc, "tokenizer_class": "GPT2Tokenizer"}))

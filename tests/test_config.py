@@ -218,3 +218,14 @@ def test_validate_refuses_stages_that_cannot_take_the_architecture(
     # Prune and ONNX take qwen3.
     qwen3 = [f"model.base={model_folder('qwen3')}", "export.gguf.enabled=false"]
     assert main(["validate", str(recipe), *qwen3]) == 0
+    # ONNX: a SentencePiece tokenizer that puts a BOS before every text is refused (onnxruntime-genai drops it)
+    mistral = model_folder("mistral")
+    (mistral / "tokenizer.model").write_bytes(b"")
+    (mistral / "tokenizer.json").write_text(
+        json.dumps(
+            {"post_processor": {"type": "TemplateProcessing", "single": [{"SpecialToken": {"id": "<s>"}}]}}
+        )
+    )
+    spm = [f"model.base={mistral}", "export.gguf.enabled=false"]
+    assert main(["validate", str(recipe), *spm]) == 2
+    assert "onnxruntime-genai 0.18's tokenizer drops the BOS" in capsys.readouterr().err
