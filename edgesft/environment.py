@@ -7,7 +7,6 @@ later (or on another machine) shows what produced its figures, not what is insta
 from __future__ import annotations
 
 import contextlib
-import json
 import platform
 from importlib import metadata
 from typing import Any
@@ -87,7 +86,7 @@ def _llama_cpp_system_info() -> dict[str, Any]:
 def doctor() -> dict[str, Any]:
     """Everything :func:`format_doctor` prints: what a user pastes into a bug report."""
     from edgesft.errors import EdgesftError
-    from edgesft.llama_convert import SOURCE_FILE, converter_dir
+    from edgesft.llama_convert import converter_dir, source_info
     from edgesft.models import embedded_gguf
 
     try:
@@ -95,9 +94,8 @@ def doctor() -> dict[str, Any]:
     except EdgesftError as e:  # reported, not raised: doctor describes a broken install too
         embedded = f"not found ({e})"
     try:
-        folder = converter_dir()
-        converter: dict[str, Any] = {"folder": str(folder), **json.loads((folder / SOURCE_FILE).read_text())}
-    except (EdgesftError, OSError, ValueError) as e:
+        converter: dict[str, Any] = {"folder": str(converter_dir()), **(source_info() or {})}
+    except EdgesftError as e:
         converter = {"error": str(e)}
     return {
         "gguf_converter": converter,

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import hashlib
 import json
 import os
 import re
@@ -34,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from edgesft.errors import EdgesftError
-from edgesft.io import atomic_file, atomic_write_json
+from edgesft.io import atomic_file, atomic_write_json, sha256_file
 
 ENV_VAR = "EDGESFT_LLAMA_CPP"  # a folder laid out like the installed one, instead of the default
 SOURCE_FILE = "SOURCE.json"
@@ -129,7 +128,7 @@ def install(sdist: Path | None = None, dest: Path | None = None) -> Path:
             {
                 "llama_cpp_python": version,
                 "sdist": sdist.name,
-                "sdist_sha256": _sha256(sdist),
+                "sdist_sha256": sha256_file(sdist),
                 "files": len(files),
             },
         )
@@ -164,14 +163,6 @@ def _extract(sdist: Path, dest: Path) -> list[str]:
                 shutil.copyfileobj(src, out)
             names.append(rel)
     return names
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------------------------------------

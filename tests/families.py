@@ -16,6 +16,16 @@ from typing import Any
 
 import pytest
 
+# Llama 3.1/3.2's rope scaling (Llama-3.2-1B/3B's values)
+LLAMA3_ROPE = {
+    "rope_type": "llama3",
+    "rope_theta": 500000.0,
+    "factor": 32.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 8192,
+}
+
 # name -> (model_type, family vocabulary, config overrides). Shapes are tiny (hidden 64) but keep what
 # each architecture does differently: explicit head_dim, biases, partial rotary, sliding windows, soft-capping.
 ARCHITECTURES: dict[str, tuple[str, str, dict[str, Any]]] = {
@@ -24,14 +34,7 @@ ARCHITECTURES: dict[str, tuple[str, str, dict[str, Any]]] = {
         "llama-bpe",
         {
             "max_position_embeddings": 16384,
-            "rope_parameters": {
-                "rope_type": "llama3",
-                "rope_theta": 500000.0,
-                "factor": 32.0,
-                "low_freq_factor": 1.0,
-                "high_freq_factor": 4.0,
-                "original_max_position_embeddings": 8192,
-            },
+            "rope_parameters": LLAMA3_ROPE,
         },
     ),
     "llama3-untied": ("llama", "llama-bpe", {"tie_word_embeddings": False}),

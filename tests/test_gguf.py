@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import write_recipe
+from families import LLAMA3_ROPE
 
 from edgesft.config import ModelConfig, VerifyConfig
 from edgesft.data import load_rows
@@ -107,14 +108,7 @@ def torch_logits(folder: Path, ids: list[int]) -> np.ndarray:
             "llama",
             {
                 "max_position_embeddings": 16384,
-                "rope_parameters": {
-                    "rope_type": "llama3",
-                    "rope_theta": 500000.0,
-                    "factor": 32.0,
-                    "low_freq_factor": 1.0,
-                    "high_freq_factor": 4.0,
-                    "original_max_position_embeddings": 8192,
-                },
+                "rope_parameters": LLAMA3_ROPE,
             },
         ),
         # pruned shapes: fewer heads with an explicit head_dim, a narrower MLP

@@ -17,7 +17,7 @@ from typing import Any
 
 from edgesft.config import Recipe
 from edgesft.data import load_rows
-from edgesft.gguf_export import gguf_architecture, imatrix_from_model, write_gguf, write_imatrix
+from edgesft.gguf_export import imatrix_from_model, write_gguf, write_imatrix
 from edgesft.isolate import IsolatedFailure, call
 from edgesft.pipeline import StageInputs, StageResult, last_model_stage
 
@@ -39,7 +39,7 @@ def source_model(inputs: StageInputs) -> tuple[str, Path]:
     return source, inputs.stage_dir(source) / inputs.info(source)["model"]
 
 
-def _imatrix(recipe: Recipe, src: Path, float_path: Path, data_dir: Path, dest: Path) -> dict[str, Any]:
+def _imatrix(recipe: Recipe, src: Path, arch: str, data_dir: Path, dest: Path) -> dict[str, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -52,7 +52,7 @@ def _imatrix(recipe: Recipe, src: Path, float_path: Path, data_dir: Path, dest: 
     rows = load_rows(data_dir / "train.jsonl")
     rows = random.Random(recipe.seed).sample(rows, min(g.imatrix_rows, len(rows)))
     batches = calibration_batches(tok, rows, recipe.data.max_length, batch_size=8)
-    stats = imatrix_from_model(model, batches, gguf_architecture(float_path))
+    stats = imatrix_from_model(model, batches, arch)  # the architecture the converter wrote
     tokens = int(sum(int(b["attention_mask"].sum()) for b in batches))
     write_imatrix(stats, dest, f"train.jsonl ({len(rows)} rows)", recipe.data.max_length)
     return {
@@ -87,7 +87,7 @@ def run(recipe: Recipe, inputs: StageInputs, out_dir: Path) -> StageResult:
     imatrix = None
     if g.imatrix and g.quants:
         imatrix = out_dir / "imatrix.gguf"
-        metrics["imatrix"] = _imatrix(recipe, src, float_path, inputs.stage_dir("data"), imatrix)
+        metrics["imatrix"] = _imatrix(recipe, src, written["architecture"], inputs.stage_dir("data"), imatrix)
         print(
             f"  importance matrix: {metrics['imatrix']['tensors']} tensors from {metrics['imatrix']['tokens']} "
             f"tokens in {metrics['imatrix']['seconds']:.1f}s"
