@@ -13,9 +13,12 @@ the first 16 phone validation rows); the fp32 model itself is the reference (KL 
 measured). Note that this fp32 model is itself decoded from the upstream Q4_1 file (the only copy of the
 weights that ships offline), so Q4_1 files that land on the same grid score near zero KL.
 Speed: decode tokens/s of each artifact in its own child process, rounds interleaved (A B C ... A B C ...),
-median of the per-round ratios against the reference file and against torch fp32.
+median of the per-round ratios against the reference file and against torch fp32. Each round opens the
+artifact once and times it as bench and check do (:func:`edgesft.runtimes.timing.decode_speeds`: warm-up,
+then ``--repeats`` runs of ``--new-tokens`` decode steps at ``--depth``, median kept); a run that cannot be
+timed is an error, never a speed of 0.
 
-    python bench/export_compare.py [--rounds 5] [--threads 2] [--work /tmp/edgesft-export-bench]
+    python bench/export_compare.py [--rounds 5] [--threads 2] [--depth 0] [--work /tmp/edgesft-export-bench]
 
 ``compare()`` is the importable form (bench/peers.py calls it).
 """
@@ -124,8 +127,8 @@ def _parity(
     work: Path,
     threads: int,
     log: Callable[[str], None],
-) -> Any:
-    """Verify every artifact against the fp32 model; the tokenizer, for the decode prompt."""
+) -> None:
+    """Verify every artifact against the fp32 model (status, top-1 agreement and KL into ``arts``)."""
     from edgesft.config import VerifyConfig
     from edgesft.runtimes.torch_rt import TorchArtifact
     from edgesft.verify import Reference, build_request, verify_artifact
@@ -148,12 +151,11 @@ def _parity(
                 kl=lg.get("kl_mean"),
             )
         log(f"{name:22s} {a['status']:9s} top-1 {a['top1']}  KL {a['kl']}  {a['bytes'] / 2**20:.1f} MiB")
-    return ref.tok
 
 
 def _decode_rounds(
     arts: dict[str, dict[str, Any]],
-    prompt: list[int],
+    depth: int,
     rounds: int,
     repeats: int,
     new_tokens: int,
@@ -167,10 +169,10 @@ def _decode_rounds(
     for r in range(rounds):
         for name, a in arts.items():
             out = call(
-                "edgesft.runtimes.timing:time_decode",
+                "edgesft.runtimes.timing:decode_speeds",
                 {
                     "artifact": str(a["path"]),
-                    "prompt": prompt,
+                    "depth": depth,
                     "new_tokens": new_tokens,
                     "repeats": repeats,
                     "threads": threads,
@@ -194,14 +196,14 @@ def compare(
     threads: int = 2,
     quants: Sequence[str] = ("Q4_1", "Q8_0"),
     torch_row: bool = True,
+    depth: int = 0,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Build, verify and time every artifact; the result record (what ``main`` writes).
 
     ``quants``: our GGUF types (each with and without the importance matrix); ``torch_row``: time the fp32
-    PyTorch model in the rounds too.
+    PyTorch model in the rounds too; ``depth``: tokens in the KV cache before the timed decode steps.
     """
-    from edgesft.chat import render
     from edgesft.config import ModelConfig
     from edgesft.data import ReadReport, read_rows
     from edgesft.models import resolve_model
@@ -221,13 +223,11 @@ def compare(
     timings["build_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    tok = _parity(arts, base, val, work, threads, log)
+    _parity(arts, base, val, work, threads, log)
     timings["parity_s"] = time.perf_counter() - t0
 
-    rendered = render(tok, val[0].messages[:-1], add_generation_prompt=True)
-    prompt = [int(t) for t in tok(rendered, add_special_tokens=False)["input_ids"]]
     t0 = time.perf_counter()
-    per_round = _decode_rounds(arts, prompt, rounds, repeats, new_tokens, threads, log)
+    per_round = _decode_rounds(arts, depth, rounds, repeats, new_tokens, threads, log)
     timings["decode_rounds_s"] = time.perf_counter() - t0
 
     for name, a in arts.items():
@@ -242,7 +242,7 @@ def compare(
     return {
         "date": str(date.today()),
         "machine": {"cpu": platform.processor() or platform.machine(), "threads": threads},
-        "prompt_tokens": len(prompt),
+        "decode_depth": depth,
         "new_tokens": new_tokens,
         "rounds": rounds,
         "repeats": repeats,
@@ -258,6 +258,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per round (median kept)")
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--depth", type=int, default=0, help="tokens in the KV cache before decoding")
     ap.add_argument("--work", default="/tmp/edgesft-export-bench")
     ap.add_argument("--no-torch", action="store_true", help="leave the fp32 PyTorch model out of the rounds")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / f"export_compare-{date.today()}.json"))
@@ -271,6 +272,7 @@ def main() -> None:
         new_tokens=args.new_tokens,
         threads=args.threads,
         torch_row=not args.no_torch,
+        depth=args.depth,
         log=lambda s: print(s, flush=True),
     )
     print("\ndecode speed ratios (median of per-round ratios):")

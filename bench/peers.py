@@ -317,7 +317,7 @@ def main() -> None:
         )
         timings["export_s"] = time.perf_counter() - t0
         timings.update({f"export_{k}": v for k, v in export["timings"].items()})
-        record["settings"]["prompt_tokens"] = export["prompt_tokens"]
+        record["settings"]["decode_depth"] = export["decode_depth"]
         record["export"] = export
         rows += export_rows(export)
     timings["total_s"] = time.perf_counter() - t_start

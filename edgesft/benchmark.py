@@ -1,19 +1,18 @@
 """Latency, footprint and quality of one artifact in its own runtime (run :func:`bench_artifact` in a child).
 
 Latency follows llama-bench's split: time to first token and prefill speed at fixed prompt lengths, decode
-speed at fixed context depths (the KV cache already holds that many tokens). Prompts are token ids made
-before any clock starts, so tokenization is excluded; the next token is the argmax of the last logits taken
-outside the timed region for llama.cpp and PyTorch, and inside onnxruntime-genai's ``generate_next_token``
-(a greedy argmax, microseconds next to a millisecond step; see :mod:`edgesft.runtimes.timing`). Every figure
-is warm-up runs, then ``repeats`` timed runs, reported as median, min, max and n. Load time is opening the
-artifact with the runtime library already imported.
+speed at fixed context depths (the KV cache already holds that many tokens). Runs are timed as
+:mod:`edgesft.runtimes.timing` times every run (its prompts, outside the clock; the next token picked outside
+it; end-of-generation tokens not special). Every figure is warm-up runs, then ``repeats`` timed runs,
+reported as median, min, max and n. Load time is opening the artifact with the runtime library already
+imported.
 
 Memory: the child's resident set after the runtime library is imported and before the artifact is opened,
 and its peak after the timed runs (the quality pass afterwards allocates logits and would inflate it).
 
 The bandwidth bound: a decode step must read every weight the step uses once (all layers, the LM head; an
 untied input embedding only one row) plus the KV cache at that depth, so decode tokens/s can at best be
-memory read bandwidth / bytes per token; :func:`memory_bandwidth` measures that bandwidth here.
+memory read bandwidth / bytes per token; :func:`edgesft.machine.memory_bandwidth` measures that bandwidth.
 
 Quality, on the same rows for every artifact: answer perplexity and KL divergence against the tuned fp32
 model, teacher-forced on validation rows tokenized once by the HF tokenizer (verify has proved every
@@ -24,8 +23,6 @@ the artifact's own chat template: what a user of the device gets.
 from __future__ import annotations
 
 import json
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -33,12 +30,15 @@ from typing import Any
 
 import numpy as np
 
-# A long neutral paragraph, tokenized by each artifact and repeated to the prompt length (any text works:
-# speed does not depend on which tokens they are).
-FILLER = (
-    "The committee met on Tuesday morning to review the quarterly figures, the hiring plan and the new "
-    "office layout. Most of the discussion concerned delivery dates for the mobile release, which depend on "
-    "the translation work and on two outside vendors. "
+# Machine facts live in edgesft.machine; these names stay importable from here (and memory_bandwidth callable
+# as "edgesft.benchmark:memory_bandwidth") for the callers that still use this module for them: stages/bench,
+# gate/settings, report/data, bench/gate_calibration.
+from edgesft.machine import (  # noqa: F401
+    default_threads,
+    machine_info,
+    memory_bandwidth,
+    peak_rss_mb,
+    rss_mb,
 )
 
 
@@ -50,89 +50,6 @@ def stats(values: list[float]) -> dict[str, Any]:
         "max": float(max(values)),
         "n": len(values),
     }
-
-
-def _status_mb(field: str) -> float:
-    with open("/proc/self/status", encoding="ascii") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024.0
-    return 0.0
-
-
-def rss_mb() -> float:
-    """This process's resident set now (MiB)."""
-    return _status_mb("VmRSS")
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident set so far (MiB). VmHWM, not getrusage's ru_maxrss: Linux carries a
-    parent's larger ru_maxrss over fork and exec, so a child started by a big pipeline would report the
-    parent's peak."""
-    return _status_mb("VmHWM")
-
-
-# --------------------------------------------------------------------------------------------------------
-# Machine
-
-
-def machine_info() -> dict[str, Any]:
-    """CPU model, physical cores, logical CPUs and memory of this machine, read from /proc (Linux).
-
-    Physical cores are the distinct (physical id, core id) pairs of /proc/cpuinfo; where the kernel does not
-    list them (some VMs and ARM boards) the logical count stands in. Memory is in GB (10^9 bytes).
-    """
-    logical = os.cpu_count()
-    cpu_model: str | None = None
-    cores: set[tuple[str, str]] = set()
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        cpuinfo = ""
-    for block in cpuinfo.split("\n\n"):
-        fields = {}
-        for line in block.splitlines():
-            key, sep, value = line.partition(":")
-            if sep:
-                fields[key.strip()] = value.strip()
-        cpu_model = cpu_model or fields.get("model name") or fields.get("Hardware")
-        if "physical id" in fields and "core id" in fields:
-            cores.add((fields["physical id"], fields["core id"]))
-    memory_gb = None
-    try:
-        for line in Path("/proc/meminfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("MemTotal:"):
-                memory_gb = round(int(line.split()[1]) * 1024 / 1e9, 2)
-    except (OSError, ValueError, IndexError):
-        pass
-    return {
-        "cpu_model": cpu_model or platform.processor() or None,
-        "physical_cores": len(cores) or logical,
-        "logical_cpus": logical,
-        "memory_gb": memory_gb,
-    }
-
-
-def default_threads() -> int:
-    """Physical cores: hyper-threads share a core's load/store units and slow memory-bound decode down."""
-    return int(machine_info()["physical_cores"])
-
-
-def memory_bandwidth(threads: int, mib: int = 512, repeats: int = 7) -> float:
-    """Memory read bandwidth (GB/s): best of ``repeats`` sums over a ``mib`` MiB buffer with ``threads``
-    threads (best, because the bound it feeds is an upper bound). The buffer is far larger than any cache
-    this kind of machine has; torch's vectorized reduction is read-bound at this size."""
-    import torch
-
-    torch.set_num_threads(threads)
-    x = torch.ones(mib * 1024 * 1024 // 4, dtype=torch.float32)
-    x.sum()  # page in, warm up the thread pool
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        x.sum()
-        best = min(best, time.perf_counter() - t0)
-    return x.numel() * 4 / best / 1e9
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -250,44 +167,33 @@ def kv_element_bytes(path: Path) -> int:
 # In the child process
 
 
-def _prompt(art: Any, length: int) -> list[int]:
-    ids: list[int] = []
-    chunk = art.tokenize(FILLER)
-    while len(ids) < length:
-        ids.extend(chunk)
-    return ids[:length]
-
-
 def measure_latency(art: Any, cfg: dict[str, Any]) -> dict[str, Any]:
-    """Prefill at each prompt length, decode at each depth; warm-up runs first (``cfg``: BenchLatency)."""
-    from edgesft.runtimes.timing import timed_run
+    """Prefill at each prompt length, decode at each depth: ``cfg["warmup"]`` rounds of every run untimed,
+    then ``cfg["repeats"]`` timed rounds (``cfg``: BenchLatency)."""
+    from edgesft.runtimes.timing import TimedRun, filler_ids, timed_run
 
     n = int(cfg["decode_tokens"])
     lengths = [int(x) for x in cfg["prompt_lengths"]]
     depths = [int(x) for x in cfg["decode_depths"]]
-    prompts = {length: _prompt(art, length) for length in set(lengths) | {max(d, 1) for d in depths}}
+    # (prompt, decoded tokens) of each figure: prefill at a length, decode after a prompt as long as the depth
+    runs = {("prefill", x): (filler_ids(art, x), 0) for x in lengths}
+    runs.update({("decode", d): (filler_ids(art, d), n) for d in depths})
     for _ in range(int(cfg["warmup"])):
-        for length in lengths:
-            timed_run(art, prompts[length], 0)
-        for d in depths:
-            timed_run(art, prompts[max(d, 1)], min(n, 8))
-    prefill: dict[int, list[float]] = {length: [] for length in lengths}
-    decode: dict[int, list[float]] = {d: [] for d in depths}
+        for ids, tokens in runs.values():
+            timed_run(art, ids, tokens)
+    timed: dict[tuple[str, int], list[TimedRun]] = {key: [] for key in runs}
     for _ in range(int(cfg["repeats"])):
-        for length in lengths:
-            p, _, _ = timed_run(art, prompts[length], 0)
-            prefill[length].append(p)
-        for d in depths:
-            _, seconds, steps = timed_run(art, prompts[max(d, 1)], n)
-            if steps == 0 or seconds <= 0:
-                raise RuntimeError(f"decode at depth {d} took no step (the runtime stopped at once)")
-            decode[d].append(steps / seconds)
+        for key, (ids, tokens) in runs.items():
+            timed[key].append(timed_run(art, ids, tokens))
     return {
         "prefill": {
-            str(length): {"ttft_s": stats(t), "tok_s": stats([length / x for x in t])}
-            for length, t in prefill.items()
+            str(x): {
+                "ttft_s": stats([r.prefill_s for r in timed["prefill", x]]),
+                "tok_s": stats([r.prefill_tok_s for r in timed["prefill", x]]),
+            }
+            for x in lengths
         },
-        "decode": {str(d): {"tok_s": stats(v)} for d, v in decode.items()},
+        "decode": {str(d): {"tok_s": stats([r.decode_tok_s for r in timed["decode", d]])} for d in depths},
     }
 
 
@@ -379,6 +285,7 @@ def bench_artifact(
     log-probs or null, "test_file": JSONL of test rows, "test_rows": n, "task", "max_new_tokens"}.
     """
     from edgesft.runtimes import artifact_kind, open_artifact
+    from edgesft.runtimes.timing import open_for_timing
 
     path = Path(artifact)
     out: dict[str, Any] = {}
@@ -386,7 +293,7 @@ def bench_artifact(
     if latency is not None:
         before = rss_mb()
         t0 = time.perf_counter()
-        art = open_artifact(path, threads=threads, all_logits=False)
+        art = open_for_timing(path, threads)
         out["latency"] = {"threads": threads, "load_s": round(time.perf_counter() - t0, 4)}
         out["latency"].update(measure_latency(art, latency))
         out["latency"].update(rss_before_load_mb=round(before, 1), peak_rss_mb=round(peak_rss_mb(), 1))

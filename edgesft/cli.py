@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -94,9 +95,12 @@ def _print_run_summary(manifests: dict[str, dict[str, Any]]) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from edgesft.evaluate import evaluate_target
+    from edgesft.runfolder import resolve_artifact
 
+    # a path is checked against its run's manifests first; anything else is a model name
+    target = str(resolve_artifact(args.target)) if Path(args.target).exists() else args.target
     result = evaluate_target(
-        args.target,
+        target,
         Path(args.data),
         task=args.task,
         max_rows=args.max_rows,
@@ -115,28 +119,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def resolve_artifact(target: str) -> Path:
-    """An artifact path; a run's export folder stands for its primary artifact."""
-    from edgesft.io import read_json
-
-    path = Path(target)
-    if not path.exists():
-        raise EdgesftError(f"{target}: no such file or folder")
-    manifest = read_json(path / "manifest.json") if path.is_dir() else None
-    if isinstance(manifest, dict) and manifest.get("stage") == "export":
-        primary = manifest.get("info", {}).get("primary") if isinstance(manifest.get("info"), dict) else None
-        if (
-            not isinstance(primary, str)
-            or not (path / primary).exists()
-            or "/" in primary
-            or primary.startswith(".")
-        ):
-            raise EdgesftError(f"{path / 'manifest.json'}: names no primary artifact in this folder")
-        return path / primary
-    return path
-
-
 def cmd_chat(args: argparse.Namespace) -> int:
+    from edgesft.runfolder import resolve_artifact
     from edgesft.runtimes import artifact_kind, encode_chat, open_artifact
 
     path = resolve_artifact(args.artifact)
@@ -208,10 +192,17 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from edgesft.gate import load_bench, save_baseline
+    from edgesft.runfolder import RunFolder
 
     run = Path(args.run)
+    bench = load_bench(run, "RUN")
+    folder = RunFolder(run)
+    for key in bench["artifacts"]:  # figures about an artifact hold only while its files match its manifest
+        art = folder.artifacts().get(key)
+        if art is not None and art.status == "ok":
+            folder.verify(art)
     if args.save_baseline is None:
-        _print_bench_summary(load_bench(run, "RUN"))
+        _print_bench_summary(bench)
         return 0
     dest = Path(args.save_baseline or Path("bench") / "baselines" / f"{run.resolve().name}.json")
     record = save_baseline(
@@ -236,7 +227,7 @@ def _print_bench_summary(bench: dict[str, Any]) -> None:
         q = a.get("quality") or {}
         exact = (q.get("test") or {}).get("exact_match")
         cells = [
-            f"{a['file_bytes'] / 2**20:8.1f}" if a.get("file_bytes") else f"{'-':>8s}",
+            f"{a['size_bytes'] / 2**20:8.1f}" if a.get("size_bytes") is not None else f"{'-':>8s}",
             f"{decode:8.1f}" if decode else f"{'-':>8s}",
             f"{q['val_perplexity']:8.3f}" if q.get("val_perplexity") is not None else f"{'-':>8s}",
             f"{q['kl_mean']:7.4f}" if q.get("kl_mean") is not None else f"{'-':>7s}",
@@ -405,6 +396,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+_ENVIRONMENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT, errno.EROFS}
+
+
 def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
     parser = build_parser()
@@ -422,7 +416,11 @@ def main(argv: list[str] | None = None) -> int:
         for line in e.problems:
             print(f"error: {line}", file=sys.stderr)
         return 2
-    except OSError as e:  # a file the user named cannot be written or read (no such folder, no permission)
+    except OSError as e:
+        # The machine refused (no permission, a full or read-only disk): the user's to fix, in one line. Any
+        # other OSError (a missing file edgesft itself should have checked) is a bug and keeps its traceback.
+        if e.errno not in _ENVIRONMENT_ERRNOS:
+            raise
         where = f"{e.filename}: " if e.filename else ""
         print(f"error: {where}{e.strerror or e}", file=sys.stderr)
         return 2

@@ -278,11 +278,16 @@ def load_stage_model(stage_dir: Path, manifest: dict[str, Any]) -> tuple[Any, An
     return model, tok
 
 
-def _is_exported(path: Path) -> bool:
-    """A GGUF file or an ONNX folder: evaluated in its own runtime, in a child process."""
-    return (path.is_file() and path.suffix == ".gguf") or (
-        path.is_dir() and (path / "genai_config.json").is_file()
-    )
+def _exported_kind(path: Path) -> str | None:
+    """``gguf`` or ``onnx`` for an artifact evaluated in its own runtime, in a child process; else None."""
+    from edgesft.errors import EdgesftError
+    from edgesft.runtimes import artifact_kind
+
+    try:
+        kind = artifact_kind(path)
+    except EdgesftError:
+        return None
+    return kind if kind in ("gguf", "onnx") else None
 
 
 def evaluate_target(
@@ -312,9 +317,10 @@ def evaluate_target(
     if not rows:
         raise EdgesftError(f"--data: {data_file} holds no rows")
     path = Path(target)
-    if _is_exported(path):
-        from edgesft.benchmark import default_threads
+    kind = _exported_kind(path)
+    if kind is not None:
         from edgesft.isolate import call
+        from edgesft.machine import default_threads
 
         got = call(
             "edgesft.benchmark:eval_artifact",
@@ -328,7 +334,6 @@ def evaluate_target(
             },
             timeout=24 * 3600,
         )
-        kind = "gguf" if path.suffix == ".gguf" else "onnx"
         return {"target": target, "kind": kind, "data": str(data_file), **got}
     manifest = read_json(path / "manifest.json") if path.is_dir() else None
     if path.is_dir() and (path / "manifest.json").is_file() and not isinstance(manifest, dict):

@@ -128,10 +128,14 @@ def _from_gguf(gguf_path: Path, name: str) -> ResolvedModel:
             print(f"the cached conversion {dest} cannot be used ({damage}); converting again", flush=True)
         with atomic_dir(dest) as tmp:
             _convert_gguf(gguf_path, tmp)
-            files = {f.name: sha256_file(f) for f in sorted(tmp.iterdir()) if f.is_file()}
-            marker = {"source": str(gguf_path), "sha256": digest, "files": files}
-            (tmp / MARKER).write_text(json.dumps(marker, indent=2))
+            _write_marker(tmp, {"source": str(gguf_path), "sha256": digest})
     return ResolvedModel(dest, f"{digest}-v{CONVERTER_VERSION}", f"gguf:{gguf_path.name}")
+
+
+def _write_marker(folder: Path, record: dict[str, Any]) -> None:
+    """Seal a cached model folder: the sha256 of every file it holds, checked on every use."""
+    files = {f.name: sha256_file(f) for f in sorted(folder.iterdir()) if f.is_file()}
+    (folder / MARKER).write_text(json.dumps({**record, "files": files}, indent=2))
 
 
 def _cached_conversion_damage(folder: Path) -> str | None:
@@ -430,7 +434,10 @@ def _tiny_model(cfg: ModelConfig) -> ResolvedModel:
     ).hexdigest()
     gguf_path = embedded_gguf()
     dest = cache_root() / "models" / f"{TINY_MODEL}-{key[:12]}"
-    if not (dest / MARKER).is_file():
+    damage = _cached_conversion_damage(dest)
+    if damage is not None:
+        if (dest / MARKER).is_file():
+            print(f"the cached tiny model {dest} cannot be used ({damage}); building it again", flush=True)
         import torch
         from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -455,7 +462,7 @@ def _tiny_model(cfg: ModelConfig) -> ResolvedModel:
         with atomic_dir(dest) as tmp:
             model.save_pretrained(tmp, safe_serialization=True)
             tok.save_pretrained(tmp)
-            (tmp / MARKER).write_text(json.dumps({"tiny": t.model_dump()}, indent=2))
+            _write_marker(tmp, {"tiny": t.model_dump()})
     return ResolvedModel(dest, f"tiny:{key}", f"tiny:{json.dumps(t.model_dump(), sort_keys=True)}")
 
 

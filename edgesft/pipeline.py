@@ -1,14 +1,25 @@
 """Run a recipe's stages in order with a content-addressed cache (DVC-style).
 
-Each stage writes ``<run_root>/<name>/<stage>/`` with its outputs and ``manifest.json``. A stage's cache key
-is the sha256 of its resolved config, the output hashes of the stages it reads, the identity of its external
-inputs (base model, data files) and the edgesft version; a stage folder whose manifest, key or output hashes
-do not check out is a miss and is rebuilt, never an error.
+Each stage writes ``<run_root>/<name>/<stage>/`` with its outputs and ``manifest.json``. The contract:
+
+- A stage declares the recipe sections it reads (``StageSpec.sections``) and the earlier stages it reads
+  (``StageSpec.reads``, plus the latest model folder where ``reads_model``); it gets only those: the recipe
+  through a :class:`RecipeView` that refuses any other section, and only the manifests of the stages it reads.
+- Its cache key is the sha256 of those sections, the output digests *and* ``info`` of the stages it reads, the
+  identity of its external inputs (base model files, data files, the machine for bench), the source of the
+  edgesft modules it runs (:func:`code_identity`) and the library versions. Changing a recipe field re-runs
+  exactly the stages that read it, and those that read their changed outputs.
+- A stage folder whose manifest, key or output hashes do not check out is a miss and is rebuilt, never an
+  error. A stage that ends with failed artifacts is ``partial``: later stages use what it made, and the next
+  run retries it (a cache hit needs ``complete``).
 """
 
 from __future__ import annotations
 
+import ast
 import contextlib
+import functools
+import hashlib
 import os
 import platform
 import shutil
@@ -19,7 +30,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from edgesft import __version__
 from edgesft.config import Recipe
 from edgesft.environment import library_versions
 from edgesft.errors import EdgesftError
@@ -27,14 +37,80 @@ from edgesft.io import atomic_write_json, clean_stale_temps, path_size, read_jso
 
 MANIFEST = "manifest.json"
 LOCK_FILE = ".lock"
-SCHEMA = 1
+SCHEMA = 2  # 2: the key covers upstream info, code identity and library versions; status may be partial
+COMPLETE, PARTIAL = "complete", "partial"
+STAGE_ORDER = ("data", "train", "merge", "prune", "gguf", "onnx", "verify", "export", "bench")
+"""The registry's order (edgesft.stages.STAGES, checked by a test), for readers of a run folder that must not
+import the stages."""
+
+
+class UndeclaredRead(RuntimeError):
+    """A stage read a recipe section or an earlier stage it did not declare (a bug in edgesft: the cache key
+    would not cover what the stage depends on)."""
+
+
+class RecipeView:
+    """The recipe as one stage sees it: the sections it declared (``"export.gguf"``: one subsection), and
+    the recipe's helpers (``run_dir``, ``resolve_path``). Reading any other section raises UndeclaredRead."""
+
+    def __init__(self, recipe: Any, sections: tuple[str, ...], stage: str, prefix: str = ""):
+        self._recipe = recipe
+        self._sections = sections
+        self._stage = stage
+        self._prefix = prefix
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._recipe, name)
+        if name.startswith("_") or name not in type(self._recipe).model_fields:
+            return value  # a helper or private attribute, not a recipe section
+        path = f"{self._prefix}{name}"
+        if path in self._sections or any(path.startswith(f"{s}.") for s in self._sections):
+            return value
+        inner = tuple(s for s in self._sections if s.startswith(f"{path}."))
+        if inner:
+            return RecipeView(value, inner, self._stage, f"{path}.")
+        raise UndeclaredRead(
+            f"stage {self._stage} read recipe.{path}, which is not among its sections "
+            f"({', '.join(self._sections) or 'none'}): declare it in edgesft/stages/__init__.py"
+        )
+
+
+class Upstream(dict):  # type: ignore[type-arg]
+    """The manifests of the stages a stage declared it reads; asking for another one raises UndeclaredRead
+    (``get`` of a declared stage that was skipped gives the default, as for a plain dict)."""
+
+    def __init__(self, manifests: dict[str, dict[str, Any]], declared: tuple[str, ...], stage: str):
+        reads = set(declared)
+        super().__init__({k: v for k, v in manifests.items() if k in reads})
+        self.declared = declared
+        self.stage = stage
+
+    def _check(self, name: object) -> None:
+        if name not in self.declared:
+            raise UndeclaredRead(
+                f"stage {self.stage} read the stage {name}, which it does not declare it reads "
+                f"({', '.join(self.declared) or 'none'})"
+            )
+
+    def __getitem__(self, name: str) -> dict[str, Any]:
+        self._check(name)
+        return super().__getitem__(name)
+
+    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
+        self._check(name)
+        return super().get(name, default)
+
+    def __contains__(self, name: object) -> bool:
+        self._check(name)
+        return super().__contains__(name)
 
 
 @dataclass
 class StageInputs:
-    """What a stage gets: the recipe, the manifests of earlier stages, and a persistent work folder."""
+    """What a stage gets: its view of the recipe, the manifests of the stages it reads, and a persistent
+    work folder."""
 
-    recipe: Recipe
+    recipe: Any
     upstream: dict[str, dict[str, Any]]
     run_dir: Path
     work_dir: Path
@@ -42,6 +118,8 @@ class StageInputs:
 
     def stage_dir(self, name: str) -> Path:
         """Folder of an earlier stage's outputs."""
+        if isinstance(self.upstream, Upstream):
+            self.upstream._check(name)
         return self.run_dir / name
 
     def info(self, name: str) -> dict[str, Any]:
@@ -55,6 +133,8 @@ class StageResult:
 
     metrics: dict[str, Any] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+    """Artifacts the stage could not make (their errors are in ``metrics``): the stage is ``partial``."""
 
 
 @dataclass(frozen=True)
@@ -63,9 +143,13 @@ class StageSpec:
     every rank of a distributed launch (training) or on rank 0 only."""
 
     name: str
-    run: Callable[[Recipe, StageInputs, Path], StageResult]
+    run: Callable[[Any, StageInputs, Path], StageResult]
     sections: tuple[str, ...]
-    external: Callable[[Recipe], dict[str, str]] | None = None
+    reads: tuple[str, ...] = ()
+    """Earlier stages whose outputs this stage reads (those that ran: a skipped one is simply absent)."""
+    reads_model: bool = False
+    """Also reads the latest earlier stage whose output is a model folder (:func:`last_model_stage`)."""
+    external: Callable[[Recipe], dict[str, Any]] | None = None
     distributed: bool = False
     description: str = ""
     skip: Callable[[Recipe, dict[str, dict[str, Any]]], str | None] | None = None
@@ -137,8 +221,104 @@ def stage_config(recipe: Recipe, spec: StageSpec) -> dict[str, Any]:
     return out
 
 
-def cache_key(spec: StageSpec, config: dict[str, Any], inputs: dict[str, str]) -> str:
-    return sha256_json({"stage": spec.name, "config": config, "inputs": inputs, "edgesft": __version__})
+def stage_reads(spec: StageSpec, manifests: dict[str, dict[str, Any]]) -> tuple[str, ...]:
+    """The earlier stages ``spec`` reads in this run: its declared ones that ran, and the model stage."""
+    names = [n for n in spec.reads if n in manifests]
+    if spec.reads_model:
+        model = last_model_stage(manifests)
+        if model not in names:
+            names.append(model)
+    return tuple(names)
+
+
+def stage_key(
+    recipe: Recipe, spec: StageSpec, manifests: dict[str, dict[str, Any]]
+) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """(cache key, config, inputs) of ``spec`` after the stages in ``manifests``."""
+    config = stage_config(recipe, spec)
+    inputs: dict[str, Any] = {
+        f"stage:{u}": {
+            "outputs": outputs_digest(manifests[u]),
+            "info": sha256_json(manifests[u].get("info", {})),
+        }
+        for u in stage_reads(spec, manifests)
+    }
+    if spec.external:
+        inputs.update(spec.external(recipe))
+    key = sha256_json(
+        {
+            "stage": spec.name,
+            "config": config,
+            "inputs": inputs,
+            "code": code_identity(spec.run.__module__),
+            "libraries": library_identity(),
+        }
+    )
+    return key, config, inputs
+
+
+@functools.cache
+def library_identity() -> dict[str, str]:
+    # Read once per process (importlib.metadata parses every package's METADATA: ~50 ms a call); the OS
+    # build does not enter the key: a run folder copied to another machine stays a cache hit (bench alone
+    # keys on the machine, through its external inputs).
+    return {k: v for k, v in library_versions().items() if k != "platform"}
+
+
+@functools.cache
+def code_identity(module: str) -> str:
+    """sha256 of the source of ``module`` and every edgesft module it imports, directly or not (imports
+    inside functions included), plus the package's non-Python files (templates, schemas).
+
+    What a stage runs is its code as much as its config: an edited edgesft module must re-run the stages
+    that use it, and only those (a report template change keeps training cached).
+    """
+    package = Path(__file__).resolve().parent
+    seen: dict[str, Path] = {}
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        if name in seen or not (name == "edgesft" or name.startswith("edgesft.")):
+            continue
+        rel = Path(*name.split(".")[1:])
+        found = [
+            f for f in (package / rel / "__init__.py", (package / rel).with_suffix(".py")) if f.is_file()
+        ]
+        if not found:  # an attribute imported from a module, not a module
+            continue
+        seen[name] = found[0]
+        todo.extend(_edgesft_imports(name, found[0]))
+    # A package's __init__ runs before its modules; its own source counts, not the modules it imports (the
+    # stage registry imports every stage).
+    for name in list(seen):
+        for i in range(1, name.count(".") + 1):
+            parent = ".".join(name.split(".")[:i])
+            seen.setdefault(parent, package.joinpath(*parent.split(".")[1:], "__init__.py"))
+    h = hashlib.sha256()
+    files = sorted(seen.values()) + sorted(
+        f for f in package.rglob("*") if f.is_file() and f.suffix not in (".py", ".pyc")
+    )
+    for f in files:
+        h.update(f.relative_to(package).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def _edgesft_imports(name: str, path: Path) -> list[str]:
+    """Modules named by the import statements of one edgesft module (``from edgesft import x`` may name a
+    submodule or an attribute: both are listed, and a name that is no module is dropped by the caller)."""
+    found: list[str] = []
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    for node in ast.walk(ast.parse(path.read_bytes())):
+        if isinstance(node, ast.Import):
+            found.extend(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
+            found.append(base)
+            found.extend(f"{base}.{a.name}" for a in node.names)
+    return found
 
 
 def hash_outputs(folder: Path) -> dict[str, dict[str, Any]]:
@@ -153,10 +333,13 @@ def outputs_digest(manifest: dict[str, Any]) -> str:
     return sha256_json(manifest.get("outputs", {}))
 
 
-def load_valid_manifest(folder: Path, key: str | None = None) -> dict[str, Any] | None:
-    """The stage's manifest if the folder is complete and intact (and matches ``key``), else None."""
+def load_valid_manifest(
+    folder: Path, key: str | None = None, statuses: tuple[str, ...] = (COMPLETE, PARTIAL)
+) -> dict[str, Any] | None:
+    """The stage's manifest if the folder is intact (every output byte for byte as recorded), its status is
+    one of ``statuses`` and it matches ``key``; else None."""
     m = read_json(folder / MANIFEST)
-    if not isinstance(m, dict) or m.get("status") != "complete" or m.get("schema") != SCHEMA:
+    if not isinstance(m, dict) or m.get("status") not in statuses or m.get("schema") != SCHEMA:
         return None
     if key is not None and m.get("cache_key") != key:
         return None
@@ -263,24 +446,32 @@ def _run_stages(
         if reason:
             log(f"[{name}] skipped: {reason}")
             continue
-        config = stage_config(recipe, spec)
-        external = spec.external(recipe) if spec.external else {}
-        inputs = {f"stage:{u}": outputs_digest(m) for u, m in manifests.items()}
-        inputs.update(external)
-        key = cache_key(spec, config, inputs)
+        key, config, inputs = stage_key(recipe, spec, manifests)
         folder = run_dir / name
-        cached = None if name in forced else load_valid_manifest(folder, key)
+        cached = None if name in forced else load_valid_manifest(folder, key, statuses=(COMPLETE,))
         barrier()  # every rank has decided before rank 0 may replace the folder
         if cached is not None:
             log(f"[{name}] cache hit: {folder} (config and inputs unchanged)")
             manifests[name] = cached
         else:
-            why = "forced" if name in forced else ("changed" if (folder / MANIFEST).exists() else "new")
-            log(f"[{name}] running ({why}) -> {folder}")
-            manifests[name] = _run_stage(recipe, spec, config, inputs, key, manifests, run_dir, log)
+            log(f"[{name}] running ({_why(name in forced, folder, key)}) -> {folder}")
+            upstream = Upstream(manifests, (*spec.reads, *stage_reads(spec, manifests)), name)
+            manifests[name] = _run_stage(recipe, spec, config, inputs, key, upstream, run_dir, log)
         if spec.gate is not None and is_main():
             spec.gate(recipe, manifests)
     return manifests
+
+
+def _why(forced: bool, folder: Path, key: str) -> str:
+    if forced:
+        return "forced"
+    old = read_json(folder / MANIFEST)
+    if not isinstance(old, dict):
+        return "new"
+    if old.get("cache_key") == key and old.get("status") == PARTIAL:
+        failed = old.get("failures") or []
+        return f"retrying {len(failed)} failed artifact(s): {', '.join(map(str, failed))}"
+    return "changed"
 
 
 # Below this much free space a failed write is taken for a full disk, whatever the library said (native
@@ -327,7 +518,7 @@ def _run_stage(
     config: dict[str, Any],
     inputs: dict[str, str],
     key: str,
-    upstream: dict[str, dict[str, Any]],
+    upstream: Upstream,
     run_dir: Path,
     log: Callable[[str], None],
 ) -> dict[str, Any]:
@@ -345,10 +536,11 @@ def _run_stage(
     barrier()
     started = datetime.now(UTC)
     t0 = time.perf_counter()
-    stage_inputs = StageInputs(recipe, dict(upstream), run_dir, work, dict(inputs))
+    view = RecipeView(recipe, spec.sections, spec.name)
+    stage_inputs = StageInputs(view, upstream, run_dir, work, dict(inputs))
     if spec.distributed or is_main():
         try:
-            result = spec.run(recipe, stage_inputs, tmp)
+            result = spec.run(view, stage_inputs, tmp)
         except BaseException as e:
             full = _disk_full(e, tmp, run_dir, spec.name)
             if is_main():
@@ -364,7 +556,8 @@ def _run_stage(
         manifest = {
             "schema": SCHEMA,
             "stage": spec.name,
-            "status": "complete",
+            "status": PARTIAL if result.failures else COMPLETE,
+            "failures": list(result.failures),
             "cache_key": key,
             "config": config,
             "inputs": inputs,
@@ -383,7 +576,10 @@ def _run_stage(
         os.replace(tmp, folder)
         shutil.rmtree(old, ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)
-        log(f"[{spec.name}] done in {manifest['duration_s']:.1f}s")
+        failed = (
+            f"; {len(result.failures)} artifact(s) failed, retried on the next run" if result.failures else ""
+        )
+        log(f"[{spec.name}] done in {manifest['duration_s']:.1f}s{failed}")
     barrier()
     if not is_main():
         manifest = load_valid_manifest(folder, key) or {}

@@ -84,7 +84,9 @@ def quality_drops(limits: QualityDrop, reference: dict[str, Any], current: dict[
                 f"drop {drop:.1f} points > allowed {limit:g}"
             )
     rise_limit = limits.val_perplexity
-    if rise_limit is not None and reference.get("val_perplexity") and current.get("val_perplexity"):
+    if rise_limit is not None and not (reference.get("val_perplexity") and current.get("val_perplexity")):
+        broken.append("val_perplexity: a limit is set but the figure was not measured (no validation rows?)")
+    elif rise_limit is not None:
         rise = current["val_perplexity"] / reference["val_perplexity"] - 1.0
         if rise > rise_limit + 1e-12:
             broken.append(

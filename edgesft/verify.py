@@ -17,7 +17,6 @@ the PyTorch reference runs here. Checks:
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +25,10 @@ import numpy as np
 from edgesft.chat import encode_conversation, prompt_and_answer, render
 from edgesft.config import ParityLimits, VerifyConfig
 from edgesft.data import Row
+from edgesft.errors import EdgesftError
 from edgesft.io import load_npy, save_npy, sha256_json
 from edgesft.isolate import IsolatedFailure, call
+from edgesft.machine import default_threads  # noqa: F401 (stages/verify imports it from here)
 
 PROBE_TEXTS = [
     "Hello world",
@@ -44,6 +45,8 @@ PROBE_TEXTS = [
 FLOAT_PRECISIONS = {"F32", "F16", "BF16", "fp32", "fp16"}
 EIGHT_BIT = {"Q8_0", "int8"}
 SIX_BIT = {"Q6_K", "Q5_K_M", "Q5_K_S", "Q5_1", "Q5_0"}
+FOUR_BIT = {"Q4_K_M", "Q4_K_S", "Q4_1", "Q4_0", "IQ4_NL", "IQ4_XS", "int4"}
+LOW_BIT = {"Q3_K_L", "Q3_K_M", "Q3_K_S", "Q2_K"}  # judged by the 4-bit limits (the loosest there are)
 
 
 def limits_for(precision: str, cfg: VerifyConfig) -> tuple[str, ParityLimits]:
@@ -54,7 +57,10 @@ def limits_for(precision: str, cfg: VerifyConfig) -> tuple[str, ParityLimits]:
         return "8bit", cfg.limits_8bit
     if precision in SIX_BIT:
         return "6bit", cfg.limits_6bit
-    return "4bit", cfg.limits_4bit
+    if precision in FOUR_BIT | LOW_BIT:
+        return "4bit", cfg.limits_4bit
+    # A precision nobody classified must not be judged by some other class's limits.
+    raise EdgesftError(f"export.verify: no parity limits for the precision {precision!r} (a bug)")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -325,7 +331,3 @@ def _generation_check(
             )
         items.append(item)
     return {"passed": not problems, "exact_required": exact, "prompts": items, "problems": problems}
-
-
-def default_threads() -> int:
-    return max(1, min(4, os.cpu_count() or 1))

@@ -120,18 +120,46 @@ def test_every_field_has_a_docstring() -> None:
     assert not missing
 
 
-def test_readme_documents_every_field_and_stage() -> None:
+def test_recipe_reference_doc_is_what_the_config_classes_generate() -> None:
+    from edgesft.docs import REGENERATE, recipe_reference_page
+
+    committed = ROOT / "docs" / "recipe-reference.md"
+    assert committed.is_file(), f"docs/recipe-reference.md is missing; run `{REGENERATE}`"
+    assert committed.read_text(encoding="utf-8") == recipe_reference_page(), (
+        f"docs/recipe-reference.md is stale (a recipe field changed); run `{REGENERATE}` and commit it"
+    )
+    for name, *_ in section_fields(Recipe):  # the generator itself covers every field
+        assert f"| `{name}` |" in committed.read_text(encoding="utf-8"), name
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "docs/recipe-reference.md" in readme  # linked from the guide
+
+
+def _cli_commands() -> list[str]:
+    """Subcommand names as argparse registers them (edgesft.cli.build_parser), not a hand-kept list."""
+    import argparse
+
+    from edgesft.cli import build_parser
+
+    (sub,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    return list(sub.choices)
+
+
+def test_readme_documents_every_stage_and_cli_command() -> None:
+    import re
+
     from edgesft.stages import STAGES
 
-    readme = (ROOT / "README.md").read_text()
-    for name, *_ in section_fields(Recipe):
-        assert f"`{name}`" in readme, f"README lacks recipe field {name}"
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
     for stage in STAGES:
-        assert f"`{stage}`" in readme
-    from edgesft.cli import COMMANDS
-
-    for cmd in COMMANDS:
-        assert f"edgesft {cmd}" in readme
+        assert f"`{stage}`" in readme, f"README lacks stage {stage}"
+    commands = _cli_commands()
+    assert {"run", "validate", "check", "recipe-reference"} <= set(commands)
+    for cmd in commands:
+        assert f"edgesft {cmd}" in readme, f"README does not document `edgesft {cmd}`"
+    # The README's CLI table lists exactly the parser's commands: none missing, none removed from the code.
+    section = readme.split("\n## CLI\n", 1)[1].split("\n## ", 1)[0]
+    documented = re.findall(r"^\| `edgesft ([a-z-]+)", section, flags=re.M)
+    assert sorted(documented) == sorted(commands)
 
 
 def test_overrides_after_options_are_accepted(recipe_file: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -9,7 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import write_recipe
+
+from edgesft.io import sha256_file
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,6 +28,7 @@ def _cli(args: list[str], cwd: Path, stdin: str | None = None) -> subprocess.Com
     )
 
 
+@pytest.mark.slow
 def test_onnx_pipeline_broken_artifact_gate_and_chat(tmp_path: Path) -> None:
     export = {
         "gguf": {"quants": ["Q8_0"]},
@@ -43,6 +47,17 @@ def test_onnx_pipeline_broken_artifact_gate_and_chat(tmp_path: Path) -> None:
     bundle = run / "export"
     assert (bundle / "int4" / "genai_config.json").is_file() and (bundle / "run_onnx.py").is_file()
     assert "python run_onnx.py int4" in (bundle / "README.md").read_text()
+    entries = {
+        a["file"]: a for a in json.loads((bundle / "manifest.json").read_text())["metrics"]["artifacts"]
+    }
+    gguf_file = run / "gguf" / "t-Q8_0.gguf"
+    assert entries["t-Q8_0.gguf"]["size_bytes"] == gguf_file.stat().st_size
+    assert entries["t-Q8_0.gguf"]["sha256"] == sha256_file(gguf_file)
+    int4 = [f for f in (run / "onnx" / "int4").rglob("*") if f.is_file()]
+    assert (
+        entries["int4"]["size_bytes"] == sum(f.stat().st_size for f in int4)
+        and entries["int4"]["sha256"] is None
+    )
 
     # A wrong EOS id in genai_config.json fails the eos check; the run stops with exit 2 and one line.
     onnx_manifest = json.loads((run / "onnx" / "manifest.json").read_text())
@@ -51,8 +66,6 @@ def test_onnx_pipeline_broken_artifact_gate_and_chat(tmp_path: Path) -> None:
     cfg["model"]["eos_token_id"] = 5
     broken.write_text(json.dumps(cfg))
     # keep the onnx stage's hashes valid so only verify re-runs: record the edited file's new hash
-    from edgesft.io import sha256_file
-
     meta = onnx_manifest["outputs"]["int8/genai_config.json"]
     meta.update(sha256=sha256_file(broken), size=broken.stat().st_size)
     (run / "onnx" / "manifest.json").write_text(json.dumps(onnx_manifest))
@@ -77,6 +90,14 @@ def test_onnx_pipeline_broken_artifact_gate_and_chat(tmp_path: Path) -> None:
         )
         assert out.returncode == 0, out.stderr[-2000:]
         assert len(out.stdout.splitlines()) == 2
+    # a changed byte in the bundle's primary (a hard link of the gguf stage's file) is refused in one line
+    data = bytearray(gguf_file.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    gguf_file.write_bytes(bytes(data))
+    out = _cli(["chat", str(bundle)], tmp_path, stdin="Hi\n")
+    err = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(err) == 1 and "Traceback" not in out.stderr
+    assert err[0].startswith(f"error: {bundle / 't-Q8_0.gguf'}: sha256 differs"), err
 
 
 def test_prompt_tuning_skips_export_with_the_reason(tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ from edgesft.gate import (
     TimingFailure,
     TimingWorker,
     artifact_facts,
+    artifact_path,
     check,
     check_settings,
     compare_facts,
@@ -72,7 +73,7 @@ def _facts(**changes: Any) -> dict[str, Any]:
     facts: dict[str, Any] = {
         "kind": "gguf",
         "status": "ok",
-        "file_bytes": 1_000_000,
+        "size_bytes": 1_000_000,
         "precision": "Q4_K_M",
         "fallback_tensors": 2,
         "params": 135_000_000,
@@ -100,7 +101,7 @@ def fake_run(root: Path, gguf: Path, name: str = "run", **changes: Any) -> Path:
     (run / "gguf").mkdir(parents=True)
     os.link(gguf, run / "gguf" / "m.gguf")
     record = {**_facts(**changes), "path": "gguf/m.gguf", "runtime": "llama.cpp", "stage": "gguf"}
-    record["file_bytes"] = changes.get("file_bytes", gguf.stat().st_size)
+    record["size_bytes"] = changes.get("size_bytes", gguf.stat().st_size)
     bench = {"machine": {"cpu_model": "test cpu"}, "threads": 1, "artifacts": {"gguf/m.gguf": record}}
     (run / "bench").mkdir()
     (run / "bench" / "bench.json").write_text(json.dumps(bench))
@@ -115,6 +116,7 @@ def fake_run(root: Path, gguf: Path, name: str = "run", **changes: Any) -> Path:
 # Workers
 
 
+@pytest.mark.slow
 def test_worker_times_and_reports_failures_in_one_line(tmp_path: Path, ggufs: dict[str, Path]) -> None:
     with (
         TimingWorker.artifact(ggufs["fast"], threads=1) as fast,
@@ -153,6 +155,7 @@ def test_worker_times_and_reports_failures_in_one_line(tmp_path: Path, ggufs: di
 # Latency gates
 
 
+@pytest.mark.slow
 def test_interleaved_gate_passes_itself_and_fails_a_slower_artifact(
     tmp_path: Path, ggufs: dict[str, Path]
 ) -> None:
@@ -167,6 +170,7 @@ def test_interleaved_gate_passes_itself_and_fails_a_slower_artifact(
     assert bad.summary().startswith("check FAILED: 1 of 1")
 
 
+@pytest.mark.slow
 def test_stored_baseline_and_cli_exit_codes(
     tmp_path: Path,
     ggufs: dict[str, Path],
@@ -182,9 +186,9 @@ def test_stored_baseline_and_cli_exit_codes(
     saved = tmp_path / "bench" / "baselines" / "slow.json"
     assert str(Path("bench") / "baselines" / "slow.json") in out and "gguf/m.gguf" in out and "tok/s" in out
     base = load_baseline(saved)
-    lat = base["artifacts"]["gguf/m.gguf"]["latency"]
-    assert base["threads"] == 1 and len(lat["normalized_rounds"]) == lat["rounds"] == 10
-    assert base["check"]["rounds"] == 10 and base["reference_workload"]["name"].startswith("torch-mv")
+    lat = base.latency()["gguf/m.gguf"]
+    assert base.threads == 1 and len(lat.normalized_rounds) == lat.rounds == 10 and lat.decode_tok_s
+    assert base.check.rounds == 10 and base.reference_workload["name"].startswith("torch-mv")
 
     # the same artifact against its own baseline passes (rounds come from the baseline's stored settings)
     assert main(["check", str(slow_run), "--baseline", str(saved), "--allowed-slowdown", ALLOW]) == 0
@@ -195,12 +199,12 @@ def test_stored_baseline_and_cli_exit_codes(
     # a slower artifact against a faster one's baseline: decode time and file size fail, exit 1, --json
     fast_base = tmp_path / "fast.json"
     record = save_baseline(fast_run, fast_base, rounds=10, log=lambda _m: None)
-    assert record["artifacts"]["gguf/m.gguf"]["latency"]["decode_tok_s"] > lat["decode_tok_s"]
+    assert record["artifacts"]["gguf/m.gguf"]["latency"]["decode_tok_s"] > lat.decode_tok_s
     code = main(["check", str(slow_run), "--baseline", str(fast_base), "--allowed-slowdown", ALLOW, "--json"])
     assert code == 1
     result = json.loads(capsys.readouterr().out)
     failed = {r["figure"] for r in result["rows"] if r["verdict"] == "FAIL"}
-    assert failed == {"decode tok/s", "file bytes"} and not result["passed"] and result["mode"] == "reference"
+    assert failed == {"decode tok/s", "size bytes"} and not result["passed"] and result["mode"] == "reference"
 
     # bad input: exit 2 with one line naming the problem
     (tmp_path / "nobench").mkdir()
@@ -235,6 +239,7 @@ def test_stored_baseline_and_cli_exit_codes(
     assert "gguf/m.gguf" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_run_folders_interleaved_and_deterministic_failure_exit_1(
     tmp_path: Path, ggufs: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -249,6 +254,7 @@ def test_run_folders_interleaved_and_deterministic_failure_exit_1(
     assert out[-1] == "check FAILED: 1 of 11 figures regressed (test exact_match of gguf/m.gguf)"
 
 
+@pytest.mark.slow
 def test_an_untimed_or_crashing_current_artifact_fails_its_latency_row(
     tmp_path: Path, ggufs: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -319,9 +325,9 @@ HAND_EDITED: dict[str, tuple[Callable[[dict[str, Any]], Any], str]] = {
         lambda r: r["artifacts"].update({"gguf/m.gguf": 3}),
         "artifacts.gguf/m.gguf: expected an object",
     ),
-    "file_bytes": (
-        lambda r: _art(r).update(file_bytes="1 MB"),
-        'artifacts.gguf/m.gguf.file_bytes: expected a number or null, got "1 MB"',
+    "size_bytes": (
+        lambda r: _art(r).update(size_bytes="1 MB"),
+        'artifacts.gguf/m.gguf.size_bytes: expected a number or null, got "1 MB"',
     ),
     "quality": (
         lambda r: _art(r).update(quality=[1]),
@@ -363,7 +369,7 @@ HAND_EDITED: dict[str, tuple[Callable[[dict[str, Any]], Any], str]] = {
 def test_hand_edited_baseline_is_one_line_naming_the_key(tmp_path: Path, case: str) -> None:
     path = tmp_path / "baseline.json"
     path.write_text(json.dumps(baseline_record()))
-    assert load_baseline(path)["schema"] == SCHEMA
+    assert load_baseline(path).facts() == {"gguf/m.gguf": _art(baseline_record())}
     record = baseline_record()
     change, message = HAND_EDITED[case]
     change(record)
@@ -371,6 +377,40 @@ def test_hand_edited_baseline_is_one_line_naming_the_key(tmp_path: Path, case: s
     with pytest.raises(EdgesftError) as err:
         load_baseline(path)
     assert str(err.value).startswith(f"{path}: {message}") and "\n" not in str(err.value)
+
+
+def test_committed_baseline_loads_unchanged() -> None:
+    path = Path(__file__).resolve().parents[1] / "bench" / "baselines" / "ci-smoke.json"
+    raw = json.loads(path.read_text())
+    base = load_baseline(path)
+    assert base.facts() == raw["artifacts"] and base.machine == raw["machine"]
+    assert list(base.latency()) == ["gguf/ci-smoke-Q4_K_M.gguf"]
+    assert (base.threads, base.decode_tokens, base.check.rounds) == (1, 256, 12)
+    assert base.check.model_dump() == raw["check"]
+
+
+# --------------------------------------------------------------------------------------------------------
+# The runtime interface timing drives
+
+
+def test_timed_runs_step_through_the_runtime_interface(ggufs: dict[str, Path]) -> None:
+    from edgesft.runtimes.timing import filler_ids, open_for_timing, timed_run
+
+    art = open_for_timing(ggufs["fast"], threads=1)
+    try:
+        ids = filler_ids(art, 5)
+        assert len(ids) == 5 and filler_ids(art, 0) == ids[:1]
+        greedy = art.generate(ids, 8)
+        art.prefill(ids, len(greedy))
+        picks = []
+        for _ in greedy:
+            picks.append(art.next_token())
+            art.step(picks[-1])
+        assert picks == greedy  # prefill, next_token and step are greedy decoding, one piece at a time
+        run = timed_run(art, ids, 16)
+        assert (run.prompt_tokens, run.steps) == (5, 16) and run.decode_tok_s > 0 and run.prefill_tok_s > 0
+    finally:
+        art.close()
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -384,7 +424,7 @@ def test_deterministic_figures_fail_with_the_right_row() -> None:
     assert same and all(r.ok for r in same)
     figures = {r.figure for r in same}
     assert {
-        "file bytes",
+        "size bytes",
         "params",
         "fallback tensors",
         "verification",
@@ -399,9 +439,9 @@ def test_deterministic_figures_fail_with_the_right_row() -> None:
         return [(r.figure, r.artifact) for r in compare_facts(base, cur, cfg) if not r.ok]
 
     a = "gguf/a.gguf"
-    assert failed(file_bytes=1_010_000) == []  # exactly +1%: within
-    assert failed(file_bytes=1_020_000) == [("file bytes", a)]
-    assert failed(file_bytes=500_000) == []  # smaller is fine
+    assert failed(size_bytes=1_010_000) == []  # exactly +1%: within
+    assert failed(size_bytes=1_020_000) == [("size bytes", a)]
+    assert failed(size_bytes=500_000) == []  # smaller is fine
     assert failed(params=135_000_001) == [("params", a)]
     assert failed(fallback_tensors=3) == [("fallback tensors", a)]
     assert failed(exact_match=0.78) == []  # a 2-point drop is the tolerance
@@ -431,7 +471,7 @@ def test_deterministic_figures_fail_with_the_right_row() -> None:
 
 def test_facts_from_manifests_and_primary(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    gguf_art = {"kind": "gguf", "status": "ok", "file_bytes": 10, "params": None, "fallback_tensors": None}
+    gguf_art = {"kind": "gguf", "status": "ok", "size_bytes": 10, "params": None, "fallback_tensors": None}
     bench = {
         "artifacts": {
             "torch/merge": {"kind": "torch", "stage": "merge", "status": "ok"},
@@ -449,15 +489,19 @@ def test_facts_from_manifests_and_primary(tmp_path: Path) -> None:
         "merge": {"metrics": {"params_total": 1234}},
         "verify": {"metrics": {"artifacts": {"gguf/m-Q4_K_M.gguf": {"status": "passed"}}}},
     }
+    manifests["gguf"]["info"] = {"source_stage": "merge"}
+    manifests["merge"]["info"] = {"model": "model"}
     for stage, m in manifests.items():
         (run / stage).mkdir(parents=True)
-        (run / stage / "manifest.json").write_text(json.dumps(m))
+        (run / stage / "manifest.json").write_text(json.dumps({"status": "complete", **m}))
     facts = artifact_facts(run, bench)["gguf/m-Q4_K_M.gguf"]
     assert (facts["params"], facts["fallback_tensors"], facts["verified"]) == (1234, 2, "passed")
     assert artifact_facts(run, bench)["torch/merge"]["params"] == 1234
     assert primary_key(run, bench) == "gguf/m-Q4_K_M.gguf"  # no export stage: the first GGUF
     (run / "export").mkdir()
-    (run / "export" / "manifest.json").write_text(json.dumps({"info": {"primary": "int4"}}))
+    (run / "export" / "manifest.json").write_text(
+        json.dumps({"status": "complete", "info": {"primary": "int4"}})
+    )
     assert primary_key(run, bench) == "onnx/int4"
 
 
@@ -475,3 +519,27 @@ def test_settings_precedence(tmp_path: Path) -> None:
     assert check_settings(None, None, rounds=10).rounds == 10
     with pytest.raises(EdgesftError, match="check settings: rounds"):  # the issue asks for 10 at least
         check_settings(None, None, rounds=9)
+
+
+def test_check_refuses_an_artifact_that_changed_after_its_stage_wrote_it(tmp_path: Path) -> None:
+    import os
+
+    from edgesft.io import sha256_file
+
+    run = tmp_path / "run"
+    (run / "gguf").mkdir(parents=True)
+    f = run / "gguf" / "m-Q8_0.gguf"
+    f.write_bytes(b"GGUF" + bytes(60))
+    manifest = {
+        "status": "complete",
+        "info": {"source_stage": "merge"},
+        "metrics": {"artifacts": [{"file": f.name, "precision": "Q8_0", "status": "ok"}]},
+        "outputs": {f.name: {"sha256": sha256_file(f), "size": 64}},
+    }
+    (run / "gguf" / "manifest.json").write_text(json.dumps(manifest))
+    bench = {"artifacts": {"gguf/m-Q8_0.gguf": {"status": "ok"}}}
+    assert artifact_path(run, bench, "gguf/m-Q8_0.gguf") == f
+    f.write_bytes(b"GGUF" + bytes(59) + b"\x01")  # one bit flipped, same size
+    os.utime(f, ns=(1, 1))
+    with pytest.raises(EdgesftError, match="m-Q8_0.gguf: sha256 differs from the gguf stage's manifest"):
+        artifact_path(run, bench, "gguf/m-Q8_0.gguf")

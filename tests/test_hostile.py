@@ -437,6 +437,7 @@ def _runtime_prompt_ids(artifact: str, bundle: str | None = None) -> dict[str, l
     return out
 
 
+@pytest.mark.slow
 def test_forged_control_tokens_stay_text_in_every_runtime_and_runner(
     model_folder: Path, tiny_gguf: Path, tmp_path: Path
 ) -> None:
@@ -471,6 +472,7 @@ def test_forged_control_tokens_stay_text_in_every_runtime_and_runner(
             assert got["runner"] == want, artifact  # the bundle's runner script
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size_mb", [8, 40])
 def test_a_full_disk_is_one_line_and_leaves_nothing_half_written(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], size_mb: int

@@ -141,6 +141,7 @@ def onnx_ops(folder: Path) -> list[str]:
 # --------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_fp32_matches_torch(tiny: dict[str, Any], variant: Callable[..., Any]) -> None:
     folder, figures = variant("fp32", precision="fp32")
     assert "GroupQueryAttention" in onnx_ops(folder)  # the builder's fused CPU graph
@@ -160,6 +161,7 @@ def test_fp32_matches_torch(tiny: dict[str, Any], variant: Callable[..., Any]) -
         art.close()
 
 
+@pytest.mark.slow
 def test_generate_stops_after_eos(tiny: dict[str, Any], variant: Callable[..., Any]) -> None:
     folder, _ = variant("fp32", precision="fp32")
     copy = tiny["root"] / "fp32-eos"
@@ -191,6 +193,7 @@ def test_generate_stops_after_eos(tiny: dict[str, Any], variant: Callable[..., A
         ("fp16", {"precision": "fp16"}, 1e-5, None),
     ],
 )  # fmt: skip
+@pytest.mark.slow
 def test_quantized_variants(
     tiny: dict[str, Any],
     variant: Callable[..., Any],
@@ -220,6 +223,7 @@ def test_quantized_variants(
         art.close()
 
 
+@pytest.mark.slow
 def test_genai_config_and_tokenizer_parity(tiny: dict[str, Any], variant: Callable[..., Any]) -> None:
     folder, _ = variant("fp32", precision="fp32")
     tok = tiny["tok"]
@@ -246,6 +250,7 @@ def test_genai_config_and_tokenizer_parity(tiny: dict[str, Any], variant: Callab
         art.close()
 
 
+@pytest.mark.slow
 def test_render_chat_matches_transformers(tiny: dict[str, Any], variant: Callable[..., Any]) -> None:
     folder, _ = variant("fp32", precision="fp32")
     art = OnnxArtifact(folder)
@@ -280,6 +285,7 @@ def test_render_chat_matches_transformers(tiny: dict[str, Any], variant: Callabl
         ("mistral", {"tie_word_embeddings": False}),
     ],
 )
+@pytest.mark.slow
 def test_other_shapes_match_torch(tmp_path: Path, arch: str, overrides: dict[str, Any]) -> None:
     model_dir = make_model(tmp_path / "hf", arch=arch, **overrides)
     out = tmp_path / "v"
@@ -297,6 +303,7 @@ def test_other_shapes_match_torch(tmp_path: Path, arch: str, overrides: dict[str
         art.close()
 
 
+@pytest.mark.slow
 def test_genai_builder_int4(tiny: dict[str, Any], variant: Callable[..., Any]) -> None:
     folder, figures = variant("int4-rtn", precision="int4", block_size=32)
     ops = onnx_ops(folder)
@@ -316,6 +323,7 @@ def test_genai_builder_int4(tiny: dict[str, Any], variant: Callable[..., Any]) -
         art.close()
 
 
+@pytest.mark.slow
 def test_genai_builder_pruned_head_dim(tmp_path: Path) -> None:
     # Pruned from 4 heads / 2 KV heads to 2 / 1: head_dim 16 stays, hidden / heads would say 32.
     model_dir = make_model(
@@ -342,6 +350,7 @@ def test_genai_builder_pruned_head_dim(tmp_path: Path) -> None:
         make_variant(odd, tmp_path / "o", name="o", precision="int4")
 
 
+@pytest.mark.slow
 def test_builder_failure_is_one_line_and_leaves_nothing(tmp_path: Path, tiny: dict[str, Any]) -> None:
     broken = tmp_path / "broken"
     shutil.copytree(tiny["model_dir"], broken)
@@ -368,6 +377,7 @@ def test_rejects_what_cannot_be_made(tmp_path: Path, tiny: dict[str, Any]) -> No
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
+@pytest.mark.slow
 def test_relative_model_path_never_reaches_the_hub(
     tmp_path: Path, tiny: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -32,7 +32,7 @@ def _second(recipe, inputs: StageInputs, out: Path) -> StageResult:
 
 STAGES = {
     "data": StageSpec("data", _first, sections=("data",)),
-    "train": StageSpec("train", _second, sections=("train",)),
+    "train": StageSpec("train", _second, sections=("train",), reads=("data",)),
 }
 
 

@@ -21,10 +21,10 @@ from edgesft.cli import main
 from edgesft.errors import EdgesftError
 from edgesft.report import (
     PLOTS,
-    _schema,
     build_report,
     pareto_front,
     primary_key,
+    schema,
     screenshot,
     validate_report,
     write_report,
@@ -50,15 +50,20 @@ def task_metrics(exact: float, n: int = 100) -> dict[str, Any]:
 
 
 def manifest(
-    stage: str, started: str, duration: float, metrics: dict[str, Any], info: dict[str, Any]
+    stage: str,
+    started: str,
+    duration: float,
+    metrics: dict[str, Any],
+    info: dict[str, Any],
+    outputs: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     return {
-        "schema": 1,
+        "schema": 2,
         "stage": stage,
         "status": "complete",
         "config": {},
         "inputs": {},
-        "outputs": {},
+        "outputs": {f: {"sha256": "0" * 64, "size": n} for f, n in (outputs or {}).items()},
         "versions": {"python": "3.11.7", "edgesft": "0.1.0", "torch": "2.5.1+cpu", "transformers": "4.57.1"},
         "started": f"2026-11-21T10:{started}+00:00",
         "finished": f"2026-11-21T10:{started}+00:00",
@@ -81,7 +86,7 @@ def bench_artifact(
         "stage": path.split("/")[0] if kind != "torch" else path.split("/")[1],
         "precision": precision,
         "path": path,
-        "file_bytes": size,
+        "size_bytes": size,
         "status": "ok",
         "error": None,
         "verified": None if kind == "torch" else "passed",
@@ -160,13 +165,13 @@ def make_run(root: Path, *, prune: bool = True, bench: bool = True) -> Path:
             "12:40",
             41.0,
             {
+                "source_stage": "merge",
                 "artifacts": [
                     {
                         "file": "phone-Q4_K_M.gguf",
                         "format": "gguf",
                         "precision": "Q4_K_M",
                         "status": "ok",
-                        "bytes": 105_000_000,
                         "fallbacks": [{"tensor": "blk.0.ffn_down.weight"}] * 3,
                         "tensor_types": {"Q4_K": 150},
                     },
@@ -175,30 +180,31 @@ def make_run(root: Path, *, prune: bool = True, bench: bool = True) -> Path:
                         "format": "gguf",
                         "precision": "Q8_0",
                         "status": "ok",
-                        "bytes": 145_000_000,
                         "fallbacks": [],
                         "tensor_types": {"Q8_0": 150},
                     },
-                ]
+                ],
             },
             {},
+            {"phone-Q4_K_M.gguf": 105_000_000, "phone-Q8_0.gguf": 145_000_000, "imatrix.gguf": 1_000},
         ),
         "onnx": manifest(
             "onnx",
             "13:30",
             60.0,
             {
+                "source_stage": "merge",
                 "artifacts": [
                     {
                         "file": "int4",
                         "format": "onnx",
                         "precision": "int4",
                         "status": "ok",
-                        "size_bytes": 160_000_000,
                     }
-                ]
+                ],
             },
             {},
+            {"int4/model.onnx": 150_000_000, "int4/genai_config.json": 10_000_000},
         ),
         "verify": manifest(
             "verify",
@@ -238,7 +244,7 @@ def make_run(root: Path, *, prune: bool = True, bench: bool = True) -> Path:
             "stage": "onnx",
             "precision": "int4",
             "path": "onnx/int4",
-            "file_bytes": 160_000_000,
+            "size_bytes": 160_000_000,
             "status": "crashed",
             "error": "onnxruntime-genai exited with signal 11",
             "verified": "passed",
@@ -333,9 +339,9 @@ def test_report_validates_and_embeds_every_plot(tmp_path: Path) -> None:
     assert html_path == out / "report.html"
     report = json.loads((out / "report.json").read_text())
 
-    Draft202012Validator.check_schema(_schema())
+    Draft202012Validator.check_schema(schema())
     validate_report(report)
-    assert report["schema"] == "edgesft.report/1"
+    assert report["schema"] == "edgesft.report/2"
     assert report["run"] == "phone"
     assert [s["name"] for s in report["stages"]] == [
         "data",
@@ -359,7 +365,7 @@ def test_report_validates_and_embeds_every_plot(tmp_path: Path) -> None:
     # Only what the stages recorded: a library installed here but never recorded is not passed off as theirs.
     assert set(env["libraries"]) == {"torch", "transformers"}
     assert report["verify"]["onnx/int4"] == "passed"
-    assert report["primary"] == "phone-Q4_K_M.gguf"
+    assert report["primary"] == "gguf/phone-Q4_K_M.gguf"
     # exact match 0.45 @ 40 tok/s, 0.47 @ 30, 0.46 @ 9: the torch model is slower and worse than Q8_0
     assert report["quality_metric"] == "test.exact_match"
     assert report["pareto"] == ["gguf/phone-Q4_K_M.gguf", "gguf/phone-Q8_0.gguf"]
@@ -394,7 +400,10 @@ BROKEN_REPORTS: dict[str, Callable[[dict[str, Any]], Any]] = {
     ),
     "fraction": lambda r: r["artifacts"]["torch/merge"]["bandwidth"]["bound"]["0"].update(fraction=-0.5),
     "error": lambda r: r["artifacts"]["onnx/int4"].update(error=None),
-    "schema": lambda r: r.update(schema="edgesft.report/0"),
+    "schema": lambda r: r.update(schema="edgesft.report/1"),
+    "old size name": lambda r: r["artifacts"]["torch/merge"].update(
+        file_bytes=r["artifacts"]["torch/merge"].pop("size_bytes")
+    ),
     "environment": lambda r: r["environment"].pop("cpu_model"),
     "exact_match": lambda r: r["quality_by_stage"][0]["test"].update(exact_match=47.0),
     "extra": lambda r: r.update(surprise=1),
@@ -478,9 +487,10 @@ def test_run_without_bench_or_prune(tmp_path: Path) -> None:
     assert report["pareto"] == [] and report["quality_metric"] is None and report["bench"] is None
     assert report["environment"]["source"] == "report"
     q4 = report["artifacts"]["gguf/phone-Q4_K_M.gguf"]
-    assert q4["file_bytes"] == 105_000_000 and q4["fallback_tensors"] == 3 and q4["verified"] == "passed"
-    assert q4["quality"]["kl_mean"] == 0.031
-    assert report["artifacts"]["onnx/int4"]["file_bytes"] == 160_000_000
+    assert q4["size_bytes"] == 105_000_000 and q4["fallback_tensors"] == 3 and q4["verified"] == "passed"
+    assert q4["quality"]["kl_mean"] == 0.031 and q4["params"] == 134_515_008  # the merge stage's
+    assert report["artifacts"]["onnx/int4"]["size_bytes"] == 160_000_000  # every file of the folder
+    assert report["primary"] == "gguf/phone-Q4_K_M.gguf"
 
     page, text = parse_page(html_path)
     plots = check_embedded(page, text)

@@ -1,10 +1,14 @@
-"""Latency statistics on synthetic timings with known answers."""
+"""Latency statistics on synthetic timings with known answers, and the figures of a timed run."""
 
 from __future__ import annotations
+
+import time
 
 import numpy as np
 import pytest
 
+from edgesft.benchmark import measure_latency, stats
+from edgesft.runtimes.timing import TimedRun, TimingError, filler_ids, timed_run
 from edgesft.stats import bootstrap_ci, latency_gate, per_round_ratios, two_sample_gate
 
 
@@ -95,3 +99,51 @@ def test_two_sample_gate_on_independent_sets_of_rounds() -> None:
         two_sample_gate([], base)
     with pytest.raises(ValueError, match="positive"):
         two_sample_gate([1.0, -1.0], base)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Timed runs (edgesft.runtimes.timing)
+
+
+def test_timed_run_figures_and_no_rate_of_zero() -> None:
+    run = TimedRun(prompt_tokens=128, prefill_s=0.5, decode_s=0.25, steps=32)
+    assert (run.prefill_tok_s, run.seconds_per_token, run.decode_tok_s) == (256.0, 0.25 / 32, 128.0)
+    for untimed in (TimedRun(128, 0.5, 0.0, 0), TimedRun(128, 0.5, 0.0, 8)):
+        with pytest.raises(TimingError, match="no decode step was timed"):
+            _ = untimed.decode_tok_s
+    with pytest.raises(TimingError, match="prefill took no measurable time"):
+        _ = TimedRun(1, 0.0, 1.0, 1).prefill_tok_s
+    assert stats([3.0, 1.0, 2.0]) == {"median": 2.0, "min": 1.0, "max": 3.0, "n": 3}
+
+
+class _AlwaysEos:
+    """A runtime whose greedy choice is always its end-of-generation token (2)."""
+
+    def __init__(self) -> None:
+        self.fed: list[int] = []
+        self.room = -1
+
+    def tokenize(self, text: str) -> list[int]:
+        return [1, 5, 6, 7]
+
+    def prefill(self, ids: list[int], max_new_tokens: int) -> None:
+        self.fed, self.room = list(ids), max_new_tokens
+
+    def next_token(self) -> int:
+        return 2
+
+    def step(self, token: int) -> None:
+        time.sleep(1e-4)
+        self.fed.append(token)
+
+
+def test_timed_runs_take_every_step_from_filler_prompts() -> None:
+    art = _AlwaysEos()
+    assert filler_ids(art, 0) == [1] and filler_ids(art, 10) == [1, 5, 6, 7, 1, 5, 6, 7, 1, 5]
+    run = timed_run(art, [1, 5, 6], 4)  # an end-of-generation token does not cut a timed run short
+    assert run.steps == 4 and art.fed == [1, 5, 6, 2, 2, 2, 2] and art.room == 4 and run.decode_s > 0
+    cfg = {"decode_tokens": 4, "prompt_lengths": [3], "decode_depths": [0, 6], "warmup": 1, "repeats": 2}
+    lat = measure_latency(art, cfg)
+    assert list(lat["prefill"]) == ["3"] and list(lat["decode"]) == ["0", "6"]
+    assert lat["decode"]["6"]["tok_s"]["n"] == 2 and lat["decode"]["6"]["tok_s"]["median"] > 0
+    assert art.fed[:6] == [1, 5, 6, 7, 1, 5] and len(art.fed) == 6 + 4  # the last run: depth 6, 4 steps

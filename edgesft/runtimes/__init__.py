@@ -31,6 +31,20 @@ class Artifact(Protocol):
     def eos_ids(self) -> list[int]:
         """Token ids that end generation in this runtime."""
 
+    # Stepwise greedy decoding, what timing drives (:mod:`edgesft.runtimes.timing`): each call is one piece
+    # a clock can time on its own, and end-of-generation tokens are not special, so a timed run takes every
+    # step it asks for.
+
+    def prefill(self, ids: list[int], max_new_tokens: int) -> None:
+        """Start a greedy decode: ``ids`` into a fresh KV cache, with room for ``max_new_tokens`` steps after
+        them; the last position's logits are then ready for :meth:`next_token`."""
+
+    def next_token(self) -> int:
+        """The greedy choice (argmax) from the logits of the last :meth:`prefill` or :meth:`step`."""
+
+    def step(self, token: int) -> None:
+        """One decode step: ``token`` into the KV cache, and its logits computed."""
+
     def render_chat(self, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
         """The prompt the artifact's own chat template gives."""
 

@@ -15,8 +15,8 @@ class LlamaCppArtifact:
     kind = "gguf"
 
     def __init__(self, path: Path, threads: int | None = None, n_ctx: int = 2048, logits_all: bool = True):
-        """``logits_all=False`` keeps only the last position's logits, as an application would run it (bench
-        times that; teacher-forced :meth:`logits` needs ``True``)."""
+        """``logits_all=False`` keeps only the last position's logits, as an application would run it (timing
+        opens it so; teacher-forced :meth:`logits` needs ``True``)."""
         from llama_cpp import Llama
 
         self.path = Path(path)
@@ -55,35 +55,39 @@ class LlamaCppArtifact:
         ]
 
     def logits(self, ids: list[int]) -> Any:
-        self.llm.reset()
-        self.llm.eval(ids)
+        self.prefill(ids, 0)
         return np.array(self.llm.scores[: len(ids)], dtype=np.float32, copy=True)
 
     def generate(self, ids: list[int], max_new_tokens: int) -> list[int]:
         import llama_cpp
 
-        self.llm.reset()
-        self.llm.eval(ids)
+        self.prefill(ids, max_new_tokens)
         out: list[int] = []
         for _ in range(max_new_tokens):
-            nxt = int(np.argmax(self.last_logits()))
+            nxt = self.next_token()
             out.append(nxt)
             if llama_cpp.llama_vocab_is_eog(self._vocab, nxt):
                 break
-            self.llm.eval([nxt])
+            self.step(nxt)
         return out
 
-    def last_logits(self) -> Any:
+    def prefill(self, ids: list[int], max_new_tokens: int) -> None:
+        """``ids`` into a fresh KV cache (the context is ``n_ctx`` long whatever ``max_new_tokens`` is)."""
+        self.llm.reset()
+        self.llm.eval(ids)
+
+    def next_token(self) -> int:
+        return int(np.argmax(self._last_logits()))
+
+    def step(self, token: int) -> None:
+        self.llm.eval([token])
+
+    def _last_logits(self) -> Any:
         """Logits of the last evaluated position (a view into llama.cpp's buffer: use before the next eval).
         Without ``logits_all`` llama-cpp-python stores no scores, so they are read from the context."""
         if self.llm._logits_all:
             return self.llm.scores[self.llm.n_tokens - 1]
         return np.ctypeslib.as_array(self.llm._ctx.get_logits_ith(-1), shape=(self.llm.n_vocab(),))
-
-    def prefill(self, ids: list[int]) -> None:
-        """Process a prompt into a fresh KV cache (bench uses it for time to first token)."""
-        self.llm.reset()
-        self.llm.eval(ids)
 
     def eos_ids(self) -> list[int]:
         import llama_cpp

@@ -41,6 +41,7 @@ class OnnxArtifact:
         self._model = og.Model(config)
         self._tokenizer = og.Tokenizer(self._model)
         self._session: Any = None
+        self._gen: Any = None  # the generator of the decode prefill started
 
     # ---- text
 
@@ -119,15 +120,11 @@ class OnnxArtifact:
 
     def _logits_stepwise(self, ids: list[int]) -> Any:
         """Logits of every position through onnxruntime-genai, one token per step (KV cache reused)."""
-        og = self._og
-        params = og.GeneratorParams(self._model)
-        params.set_search_options(do_sample=False, max_length=len(ids) + 1)
-        gen = og.Generator(self._model, params)
-        rows = []
-        for t in ids:
-            gen.append_tokens(np.asarray([t], dtype=np.int32))
-            out = np.asarray(gen.get_output("logits"), dtype=np.float32)
-            rows.append(out.reshape(-1, out.shape[-1])[-1])
+        self.prefill(ids[:1], len(ids) - 1)
+        rows = [self._last_logits()]
+        for t in ids[1:]:
+            self.step(t)
+            rows.append(self._last_logits())
         return np.stack(rows)
 
     def generate(self, ids: list[int], max_new_tokens: int) -> list[int]:
@@ -150,7 +147,40 @@ class OnnxArtifact:
             new.append(int(gen.get_next_tokens()[0]))
         return new
 
+    def prefill(self, ids: list[int], max_new_tokens: int) -> None:
+        """A fresh onnxruntime-genai generator, sized for ``ids`` and ``max_new_tokens`` more, fed ``ids``.
+
+        Tokens go in with ``append_tokens`` and the caller picks each next one, rather than through the
+        generator's own search (``generate_next_token``): the search would stop at an end-of-generation
+        token and picks inside the call; this way a step is the forward pass alone, as in llama.cpp and
+        PyTorch, and the run takes every step it is asked for (``append_tokens`` resets the search's done
+        state)."""
+        og = self._og
+        context = int(self._genai["model"]["context_length"])
+        if len(ids) + max_new_tokens > context:
+            raise EdgesftError(
+                f"{self.folder}: {len(ids)} prompt tokens and {max_new_tokens} more exceed the context ({context})"
+            )
+        params = og.GeneratorParams(self._model)
+        # max_length sizes the KV cache the generator allocates: what this decode needs and one spare position
+        length = min(len(ids) + max_new_tokens + 1, context)
+        params.set_search_options(do_sample=False, num_beams=1, max_length=length)
+        self._gen = og.Generator(self._model, params)
+        self._gen.append_tokens(np.asarray(ids, dtype=np.int32))
+
+    def next_token(self) -> int:
+        return int(np.argmax(self._last_logits()))
+
+    def step(self, token: int) -> None:
+        self._gen.append_tokens(np.asarray([token], dtype=np.int32))
+
+    def _last_logits(self) -> Any:
+        """The last position's logits of the last prefill or step (the graph may return every position's)."""
+        out = np.asarray(self._gen.get_output("logits"), dtype=np.float32)
+        return out.reshape(-1, out.shape[-1])[-1]
+
     def close(self) -> None:
+        self._gen = None
         self._session = None
         self._tokenizer = None
         self._model = None

@@ -38,6 +38,8 @@ class TorchArtifact:
         gen = self.model.generation_config
         eos = gen.eos_token_id if gen is not None and gen.eos_token_id is not None else self.tok.eos_token_id
         self._eos = sorted({int(e) for e in (eos if isinstance(eos, list) else [eos]) if e is not None})
+        self._past: Any = None  # the KV cache and last logits of the decode prefill started
+        self._last: Any = None
 
     def tokenize(self, text: str) -> list[int]:
         return [int(i) for i in self.tok.encode(text)]
@@ -82,8 +84,24 @@ class TorchArtifact:
     def generate(self, ids: list[int], max_new_tokens: int) -> list[int]:
         return self.generate_with_margins(ids, max_new_tokens)[0]
 
-    def prefill(self, ids: list[int]) -> None:
-        self.logits(ids)
+    def prefill(self, ids: list[int], max_new_tokens: int) -> None:
+        import torch
+
+        with torch.no_grad():
+            # logits_to_keep=1: only the last position goes through the LM head, as llama.cpp and
+            # onnxruntime-genai run a prompt (the head is ~20% of SmolLM2's prefill FLOPs).
+            out = self.model(input_ids=torch.tensor([ids]), use_cache=True, logits_to_keep=1)
+        self._past, self._last = out.past_key_values, out.logits[0, -1]
+
+    def next_token(self) -> int:
+        return int(self._last.argmax())
+
+    def step(self, token: int) -> None:
+        import torch
+
+        with torch.no_grad():
+            out = self.model(input_ids=torch.tensor([[token]]), past_key_values=self._past, use_cache=True)
+        self._past, self._last = out.past_key_values, out.logits[0, -1]
 
     def eos_ids(self) -> list[int]:
         return list(self._eos)
@@ -94,4 +112,5 @@ class TorchArtifact:
         return render(self.tok, messages, add_generation_prompt=add_generation_prompt)
 
     def close(self) -> None:
+        self._past = self._last = None
         del self.model

@@ -30,11 +30,11 @@ from edgesft.chat import encode_conversation
 from edgesft.config import Recipe
 from edgesft.data import load_rows
 from edgesft.errors import EdgesftError
-from edgesft.io import atomic_write_json, path_size, read_json, save_npy
+from edgesft.io import atomic_write_json, read_json, save_npy
 from edgesft.isolate import IsolatedFailure, call
 from edgesft.pipeline import StageInputs, StageResult
+from edgesft.runfolder import EXPORT_STAGES, ArtifactRecord, RunFolder
 from edgesft.stages.gguf import SOFT_PROMPT
-from edgesft.stages.verify import ARTIFACT_STAGES
 
 RUNTIMES = {"gguf": "llama.cpp (llama-cpp-python)", "onnx": "onnxruntime-genai", "torch": "PyTorch"}
 RUNTIME_PACKAGES = {"gguf": "llama-cpp-python", "onnx": "onnxruntime-genai", "torch": "torch"}
@@ -46,6 +46,14 @@ def skip(recipe: Recipe, manifests: dict[str, dict[str, Any]]) -> str | None:
     if recipe.train.method == "prompt_tuning":
         return SOFT_PROMPT
     return None
+
+
+def external_inputs(recipe: Recipe) -> dict[str, Any]:
+    """The machine the figures are measured on (CPU, cores, resolved threads, library versions): a run
+    folder copied or cached onto another machine re-measures instead of reporting the first one's speeds."""
+    from edgesft.machine import default_threads, fingerprint
+
+    return {"machine": fingerprint(recipe.bench.latency.threads or default_threads())}
 
 
 def reference_stage(manifests: dict[str, dict[str, Any]]) -> str:
@@ -65,55 +73,11 @@ def _runtime(kind: str) -> str:
         return RUNTIMES[kind]
 
 
-def _size(path: Path, kind: str) -> int:
-    """Bytes on disk: the .gguf file, the ONNX folder, the PyTorch model's safetensors."""
-    if kind == "torch":
-        from edgesft.runtimes.torch_rt import model_and_tokenizer_dirs
-
-        return sum(f.stat().st_size for f in model_and_tokenizer_dirs(path)[0].glob("*.safetensors"))
-    return path_size(path)
-
-
-def targets(inputs: StageInputs, with_torch: bool) -> list[dict[str, Any]]:
-    """Every artifact to measure, with what earlier stages recorded about it."""
-    up = inputs.upstream
-    verified = up.get("verify", {}).get("metrics", {}).get("artifacts", {})
-    out: list[dict[str, Any]] = []
-    if with_torch:
-        for stage in ("merge", "prune"):
-            info = up.get(stage, {}).get("info", {})
-            if info.get("model"):
-                out.append(
-                    {
-                        "key": f"torch/{stage}",
-                        "kind": "torch",
-                        "stage": stage,
-                        "precision": "fp32",
-                        "path": inputs.stage_dir(stage),
-                        "params": up[stage].get("metrics", {}).get("params_total"),
-                        "verified": None,
-                        "fallback_tensors": None,
-                        "exported": "ok",
-                    }
-                )
-    for stage in ARTIFACT_STAGES:
-        for a in up.get(stage, {}).get("metrics", {}).get("artifacts", []):
-            key = f"{stage}/{a['file']}"
-            out.append(
-                {
-                    "key": key,
-                    "kind": stage,
-                    "stage": stage,
-                    "precision": a.get("precision"),
-                    "path": inputs.stage_dir(stage) / a["file"],
-                    "params": None,
-                    "verified": verified.get(key, {}).get("status"),
-                    "fallback_tensors": len(a["fallbacks"]) if isinstance(a.get("fallbacks"), list) else None,
-                    "exported": a.get("status", "ok"),
-                    "error": a.get("error"),
-                }
-            )
-    return out
+def targets(inputs: StageInputs, with_torch: bool) -> list[ArtifactRecord]:
+    """Every artifact to measure (the torch models only ``with_torch``), with what earlier stages recorded
+    about it."""
+    found = RunFolder(inputs.run_dir, inputs.upstream).artifacts().values()
+    return [r for r in found if with_torch or r.kind != "torch"]
 
 
 def scored_sequences(tok: Any, rows: list[Any], max_length: int) -> list[dict[str, Any]]:
@@ -209,25 +173,27 @@ def run(recipe: Recipe, inputs: StageInputs, out_dir: Path) -> StageResult:
     }
     latency_cfg = cfg.latency.model_dump()
     records: dict[str, Any] = {}
+    unmeasured: list[str] = []  # measurements that crashed, hung or failed: retried on the next run
     for t in targets(inputs, cfg.torch):
-        path: Path = t["path"]
+        path = t.path
         rec: dict[str, Any] = {
-            "kind": t["kind"],
-            "runtime": _runtime(t["kind"]),
-            "stage": t["stage"],
-            "precision": t["precision"],
-            "path": path.relative_to(inputs.run_dir).as_posix(),
-            "file_bytes": _size(path, t["kind"]) if path.exists() else 0,
+            "kind": t.kind,
+            "runtime": _runtime(t.kind),
+            "stage": t.stage,
+            "precision": t.precision,
+            "path": t.relpath,
+            "size_bytes": t.size_bytes,
             "status": "ok",
             "error": None,
-            "verified": t["verified"],
-            "fallback_tensors": t["fallback_tensors"],
-            "params": t["params"],
+            "verified": t.verified,
+            "fallback_tensors": t.fallback_tensors,
+            "params": t.params,
         }
-        records[t["key"]] = rec
-        if t["exported"] != "ok" or not path.exists():
-            rec.update(status="failed", error=t.get("error") or "the export stage did not produce it")
-            print(f"  {t['key']}: not measured ({rec['error']})")
+        records[t.key] = rec
+        if t.status != "ok" or t.size_bytes is None or not path.exists():
+            missing = f"{t.relpath} is missing or not among its stage's outputs"
+            rec.update(status="failed", error=t.error or missing, size_bytes=None)
+            print(f"  {t.key}: not measured ({rec['error']})")
             continue
         t0 = time.perf_counter()
         try:
@@ -238,10 +204,11 @@ def run(recipe: Recipe, inputs: StageInputs, out_dir: Path) -> StageResult:
             )
         except IsolatedFailure as e:
             rec.update(status={"crash": "crashed", "timeout": "timeout"}.get(e.kind, "failed"), error=str(e))
-            print(f"  {t['key']}: {rec['status'].upper()}: {e}")
+            unmeasured.append(t.key)
+            print(f"  {t.key}: {rec['status'].upper()}: {e}")
             continue
         rec.update(got)
-        config = _torch_config(path) if t["kind"] == "torch" else source_config
+        config = _torch_config(path) if t.kind == "torch" else source_config
         rec["bandwidth"] = bandwidth_bound(
             path,
             config,
@@ -251,7 +218,7 @@ def run(recipe: Recipe, inputs: StageInputs, out_dir: Path) -> StageResult:
             rec["latency"]["decode"],
         )
         rec["seconds"] = round(time.perf_counter() - t0, 1)
-        print("  " + summary_line(t["key"], rec))
+        print("  " + summary_line(t.key, rec))
     report = {
         "machine": machine,
         "threads": threads,
@@ -262,7 +229,12 @@ def run(recipe: Recipe, inputs: StageInputs, out_dir: Path) -> StageResult:
         "seconds": round(time.perf_counter() - t_start, 1),
     }
     atomic_write_json(out_dir / "bench.json", report)
-    return StageResult(metrics=report, info={"reference_stage": ref})
+    return StageResult(
+        metrics=report,
+        info={"reference_stage": ref},
+        # (an artifact the export stages did not make is their failure, retried there)
+        failures=unmeasured,
+    )
 
 
 def _torch_config(path: Path) -> dict[str, Any]:
@@ -275,12 +247,11 @@ def _torch_config(path: Path) -> dict[str, Any]:
 
 def _model_config(inputs: StageInputs) -> dict[str, Any]:
     """config.json of the model the artifacts came from (the shapes that set the KV cache size)."""
-    source = None
-    for stage in ARTIFACT_STAGES:
-        source = source or inputs.upstream.get(stage, {}).get("metrics", {}).get("source_stage")
     from edgesft.pipeline import last_model_stage
 
-    source = source or last_model_stage(inputs.upstream)
+    found = RunFolder(inputs.run_dir, inputs.upstream).artifacts().values()
+    exported = (r.source_stage for r in found if r.kind in EXPORT_STAGES and r.source_stage)
+    source = next(exported, None) or last_model_stage(inputs.upstream)
     config = read_json(inputs.stage_dir(source) / inputs.info(source)["model"] / "config.json")
     assert isinstance(config, dict)
     return config
@@ -288,7 +259,7 @@ def _model_config(inputs: StageInputs) -> dict[str, Any]:
 
 def summary_line(key: str, rec: dict[str, Any]) -> str:
     lat, q = rec.get("latency", {}), rec.get("quality", {})
-    parts = [f"{rec['file_bytes'] / 2**20:.1f} MiB"]
+    parts = [f"{rec['size_bytes'] / 2**20:.1f} MiB"]
     for d, v in lat.get("decode", {}).items():
         parts.append(f"decode@{d} {v['tok_s']['median']:.1f} tok/s")
     for length, v in lat.get("prefill", {}).items():

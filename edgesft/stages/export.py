@@ -20,65 +20,39 @@ from edgesft import prompt as prompt_module
 from edgesft.bundle import TEMPLATES, check_modelfile, fill, modelfile
 from edgesft.config import Recipe
 from edgesft.errors import EdgesftError
-from edgesft.io import atomic_write_text, link_or_copy, link_tree, path_size, sha256_file
+from edgesft.io import atomic_write_text, link_or_copy, link_tree
 from edgesft.models import default_context_length, generation_eos_ids, head_dim
-from edgesft.pipeline import StageInputs, StageResult
-from edgesft.stages.verify import ARTIFACT_STAGES
+from edgesft.pipeline import StageInputs, StageResult, last_model_stage
+from edgesft.runfolder import EXPORT_STAGES, ArtifactRecord, RunFolder, choose_primary, find_named
 
 
 def skip(recipe: Recipe, manifests: dict[str, dict[str, Any]]) -> str | None:
-    return None if any(s in manifests for s in ARTIFACT_STAGES) else "no gguf or onnx stage ran"
+    return None if any(s in manifests for s in EXPORT_STAGES) else "no gguf or onnx stage ran"
 
 
-def _human(n: float) -> str:
-    return f"{n / 2**20:.1f} MiB"
+def _human(n: float | None) -> str:
+    return f"{n / 2**20:.1f} MiB" if n is not None else "-"
 
 
 def run(recipe: Recipe, inputs: StageInputs, out_dir: Path) -> StageResult:
     from transformers import AutoTokenizer
 
-    verified = inputs.upstream.get("verify", {}).get("metrics", {}).get("artifacts", {})
-    entries: list[dict[str, Any]] = []
-    source = None
-    for stage in ARTIFACT_STAGES:
-        m = inputs.upstream.get(stage)
-        if m is None:
-            continue
-        source = m["metrics"]["source_stage"]
-        for a in m["metrics"]["artifacts"]:
-            if a.get("status") != "ok":
-                continue
-            src = inputs.stage_dir(stage) / a["file"]
-            (link_tree if src.is_dir() else link_or_copy)(src, out_dir / a["file"])
-            v = verified.get(f"{stage}/{a['file']}")
-            logits = (v or {}).get("checks", {}).get("logits", {})
-            entries.append(
-                {
-                    "file": a["file"],
-                    "format": a["format"],
-                    "precision": a["precision"],
-                    "exporter": a.get(
-                        "exporter", "edgesft + llama.cpp quantizer" if stage == "gguf" else None
-                    ),
-                    "bytes": path_size(src),
-                    "sha256": sha256_file(src) if src.is_file() else None,
-                    "verification": v["status"] if v else "not verified",
-                    "failed_checks": (v or {}).get("failed_checks", []),
-                    "top1_agreement": logits.get("top1_agreement"),
-                    "kl_mean": logits.get("kl_mean"),
-                    "fallback_tensors": len(a.get("fallbacks", [])) if stage == "gguf" else None,
-                }
-            )
-    if not entries or source is None:
+    found = RunFolder(inputs.run_dir, inputs.upstream).artifacts().values()
+    made = [r for r in found if r.kind in EXPORT_STAGES and r.status == "ok"]
+    if not made:
         raise EdgesftError("stage export: no artifact was produced (see the gguf and onnx stages)")
-    primary = _primary(recipe, entries)
+    for r in made:
+        (link_tree if r.path.is_dir() else link_or_copy)(r.path, out_dir / str(r.file))
+    entries = [_entry(r) for r in made]
+    source = made[-1].source_stage or last_model_stage(inputs.upstream)
+    primary = _primary(recipe, made)
     src_dir = inputs.stage_dir(source)
     tok = AutoTokenizer.from_pretrained(src_dir / inputs.info(source)["model"])
     config = json.loads((src_dir / inputs.info(source)["model"] / "config.json").read_text())
     ctx = default_context_length(config)
     ggufs = [e for e in entries if e["format"] == "gguf"]
     onnxs = [e for e in entries if e["format"] == "onnx"]
-    gguf_name = (primary if primary["format"] == "gguf" else ggufs[0])["file"] if ggufs else None
+    gguf_name = (primary.file if primary.kind == "gguf" else ggufs[0]["file"]) if ggufs else None
     if gguf_name:
         stop_ids = sorted(
             set([tok.eos_token_id] + generation_eos_ids(src_dir / inputs.info(source)["model"]))
@@ -116,31 +90,43 @@ def run(recipe: Recipe, inputs: StageInputs, out_dir: Path) -> StageResult:
     )
     atomic_write_text(out_dir / "README.md", readme)
     return StageResult(
-        metrics={"source_stage": source, "primary": primary["file"], "artifacts": entries},
-        info={"primary": primary["file"], "source_stage": source},
+        metrics={"source_stage": source, "primary": primary.file, "artifacts": entries},
+        info={"primary": primary.file, "source_stage": source},
     )
 
 
-def _primary(recipe: Recipe, entries: list[dict[str, Any]]) -> dict[str, Any]:
+def _entry(r: ArtifactRecord) -> dict[str, Any]:
+    """The bundle manifest's record of one artifact."""
+    return {
+        "file": r.file,
+        "format": r.kind,
+        "precision": r.precision,
+        "exporter": r.exporter,
+        "size_bytes": r.size_bytes,
+        "sha256": r.sha256,
+        "verification": r.verified or "not verified",
+        "failed_checks": list(r.failed_checks),
+        "top1_agreement": r.top1_agreement,
+        "kl_mean": r.kl_mean,
+        "fallback_tensors": r.fallback_tensors,
+    }
+
+
+def _primary(recipe: Recipe, made: list[ArtifactRecord]) -> ArtifactRecord:
+    """``export.primary`` (a file name or a precision), else the one rule of :func:`choose_primary`."""
     want = recipe.export.primary
-    if want is None:  # the first quantized GGUF, else the first artifact
-        floats = ("F32", "F16", "BF16")
-        return next(
-            (e for e in entries if e["format"] == "gguf" and e["precision"] not in floats), entries[0]
-        )
-    for e in entries:
-        if want in (e["file"], e["precision"]):
-            return e
-    raise EdgesftError(
-        f"export.primary: {want!r} is not among the artifacts ({', '.join(e['file'] for e in entries)})"
-    )
+    chosen = find_named(made, want) if want is not None else choose_primary(made)
+    if chosen is None:
+        names = ", ".join(str(r.file) for r in made)
+        raise EdgesftError(f"export.primary: {want!r} is not among the artifacts ({names})")
+    return chosen
 
 
 def _row(e: dict[str, Any]) -> str:
     runtime = "llama.cpp" if e["format"] == "gguf" else "onnxruntime-genai"
     top1 = f"{e['top1_agreement']:.3f}" if e["top1_agreement"] is not None else "-"
     kl = f"{e['kl_mean']:.4f}" if e["kl_mean"] is not None else "-"
-    return f"| `{e['file']}` | {runtime} | {e['precision']} | {_human(e['bytes'])} | {e['verification']} | {top1} | {kl} |"
+    return f"| `{e['file']}` | {runtime} | {e['precision']} | {_human(e['size_bytes'])} | {e['verification']} | {top1} | {kl} |"
 
 
 def _quality_text(m: dict[str, Any]) -> str:

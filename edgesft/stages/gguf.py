@@ -19,7 +19,9 @@ from edgesft.config import Recipe
 from edgesft.data import load_rows
 from edgesft.gguf_export import imatrix_from_model, write_gguf, write_imatrix
 from edgesft.isolate import IsolatedFailure, call
+from edgesft.machine import set_threads
 from edgesft.pipeline import StageInputs, StageResult, last_model_stage
+from edgesft.training import calibration_batches
 
 SOFT_PROMPT = (
     "train.method prompt_tuning: a soft prompt is a sequence of learned input vectors, not a weight change, "
@@ -43,8 +45,6 @@ def _imatrix(recipe: Recipe, src: Path, arch: str, data_dir: Path, dest: Path) -
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from edgesft.stages.prune import calibration_batches
-
     g = recipe.export.gguf
     t0 = time.perf_counter()
     tok = AutoTokenizer.from_pretrained(src)
@@ -64,8 +64,6 @@ def _imatrix(recipe: Recipe, src: Path, arch: str, data_dir: Path, dest: Path) -
 
 
 def run(recipe: Recipe, inputs: StageInputs, out_dir: Path) -> StageResult:
-    from edgesft.stages.train import set_threads
-
     g = recipe.export.gguf
     source, src = source_model(inputs)
     name = recipe.name or "model"
@@ -136,6 +134,7 @@ def run(recipe: Recipe, inputs: StageInputs, out_dir: Path) -> StageResult:
     return StageResult(
         metrics=metrics,
         info={"artifacts": [a["file"] for a in artifacts if a["status"] == "ok"], "source_stage": source},
+        failures=[a["file"] for a in artifacts if a["status"] != "ok"],
     )
 
 

@@ -94,4 +94,5 @@ def run(recipe: Recipe, inputs: StageInputs, out_dir: Path) -> StageResult:
     return StageResult(
         metrics=metrics,
         info={"artifacts": [a["file"] for a in artifacts if a["status"] == "ok"], "source_stage": source},
+        failures=[a["file"] for a in artifacts if a["status"] != "ok"],
     )

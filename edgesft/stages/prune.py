@@ -3,9 +3,9 @@
 Only whole blocks, MLP neurons and KV groups are removed, the same amount in every layer, so the result is a
 smaller dense model with one layer shape: llama.cpp and onnxruntime run it faster, and the GGUF/ONNX
 exporters (which assume a uniform layer config) accept it. Importance is measured on calibration rows from the
-training split (:mod:`edgesft.prune`). Healing reuses the train stage's loop (:func:`edgesft.stages.train.fit`):
+training split (:mod:`edgesft.prune`). Healing runs the shared training loop (:func:`edgesft.training.fit`):
 distillation from the unpruned model (KL on answer-position logits) mixed with the SFT loss, or SFT alone,
-with validation, early stopping and checkpoint resume.
+with validation, early stopping and exact checkpoint resume.
 
 Outputs: ``model/`` (safetensors + tokenizer), ``tokenizer/``, ``heal_loss_curve.json``,
 ``eval_samples.jsonl``.
@@ -18,35 +18,28 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edgesft.chat import encode_conversation
-from edgesft.config import Recipe, TrainConfig
+from edgesft.config import Recipe
 from edgesft.data import Row, load_rows
 from edgesft.evaluate import loss_and_perplexity
 from edgesft.io import atomic_write_json
+from edgesft.machine import peak_memory_mb, set_threads
 from edgesft.models import save_tokenizer
 from edgesft.pipeline import StageInputs, StageResult, last_model_stage
 from edgesft.quality import measure, param_counts
+from edgesft.training import (
+    Distillation,
+    LoopSettings,
+    calibration_batches,
+    encode_rows,
+    fit,
+    freeze_below,
+    lora_config,
+    loss_curve,
+)
 
 
 def skip(recipe: Recipe, manifests: dict[str, dict[str, Any]]) -> str | None:
     return None if recipe.prune.enabled else "prune.enabled is false"
-
-
-def calibration_batches(
-    tok: Any, rows: list[Row], max_length: int, batch_size: int = 16
-) -> list[dict[str, Any]]:
-    """Whole conversations (prompt and answer), right-padded, as the model sees them in use."""
-    from edgesft.stages.train import Collator
-
-    encoded = [encode_conversation(tok, r.messages)[0][:max_length] for r in rows]
-    encoded.sort(key=len)  # similar lengths together: less padding
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    collate = Collator(pad)
-    batches = []
-    for i in range(0, len(encoded), batch_size):
-        batch = collate([{"input_ids": x, "labels": x} for x in encoded[i : i + batch_size]])
-        batches.append({"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]})
-    return batches
 
 
 def apply_plan(
@@ -86,31 +79,35 @@ def heal(
     import torch
     from transformers import AutoModelForCausalLM
 
-    from edgesft.stages.train import Distillation, encode_rows, fit, freeze_below, lora_config, loss_curve
-
     h, t, d = recipe.prune.heal, recipe.train, recipe.data
-    cfg = TrainConfig(
-        method="full",
+    settings = LoopSettings(
         learning_rate=h.learning_rate,
         lr_scheduler=h.lr_scheduler,
         warmup_ratio=h.warmup_ratio,
         batch_size=h.batch_size,
+        grad_accum=1,
+        epochs=1.0,  # max_steps decides
         max_steps=h.max_steps,
         eval_steps=h.eval_steps,
+        save_steps=None,  # a checkpoint at every evaluation
         early_stopping_patience=h.early_stopping_patience,
+        early_stopping_threshold=0.0,
         logging_steps=min(10, h.eval_steps),
-        dtype=t.dtype,
-        threads=t.threads,
+        # the optimizer and numerics of the train stage
         optimizer=t.optimizer,
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
+        dtype=t.dtype,
+        gradient_checkpointing=False,
+        tensorboard=False,
     )
     if h.params == "freeze":
         freeze_below(model, h.trainable_layers, "prune.heal.trainable_layers")
     elif h.params == "lora":
         from peft import get_peft_model
 
-        model = get_peft_model(model, lora_config(cfg.model_copy(update={"lora": h.lora}), False, []))
+        c = h.lora
+        model = get_peft_model(model, lora_config(c.r, c.alpha, c.dropout, c.target_modules, False, []))
     else:
         for p in model.parameters():
             p.requires_grad = True
@@ -124,7 +121,9 @@ def heal(
     train_ds = encode_rows(train_rows, tok, d.max_length, d.train_on_prompt, d.packing)
     val_ds = encode_rows(val_rows, tok, d.max_length, d.train_on_prompt, False)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    fitted = fit(cfg, model, tok, train_ds, val_ds, work_dir, out_dir, recipe.seed, not d.packing, distill)
+    fitted = fit(
+        settings, model, tok, train_ds, val_ds, work_dir, out_dir, recipe.seed, not d.packing, distill
+    )
     atomic_write_json(out_dir / "heal_loss_curve.json", loss_curve(fitted.state))
     model = fitted.model
     if h.params == "lora":
@@ -138,7 +137,6 @@ def run(recipe: Recipe, inputs: StageInputs, out_dir: Path) -> StageResult:
     from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 
     from edgesft import prune as surgery
-    from edgesft.stages.train import peak_memory_mb, set_threads
 
     p, d = recipe.prune, recipe.data
     source = last_model_stage(inputs.upstream)

@@ -18,9 +18,9 @@ from edgesft.data import load_rows
 from edgesft.errors import QualityGateError
 from edgesft.io import atomic_write_json
 from edgesft.pipeline import StageInputs, StageResult
+from edgesft.runfolder import EXPORT_STAGES as ARTIFACT_STAGES
+from edgesft.runfolder import ArtifactRecord, RunFolder
 from edgesft.verify import Reference, build_request, default_threads, verify_artifact
-
-ARTIFACT_STAGES = ("gguf", "onnx")
 
 
 def skip(recipe: Recipe, manifests: dict[str, dict[str, Any]]) -> str | None:
@@ -31,13 +31,9 @@ def skip(recipe: Recipe, manifests: dict[str, dict[str, Any]]) -> str | None:
     return None
 
 
-def artifacts(upstream: dict[str, dict[str, Any]], run_dir: Path) -> list[tuple[str, Path, dict[str, Any]]]:
-    """(stage, path, export record) of every artifact the export stages recorded."""
-    out = []
-    for stage in ARTIFACT_STAGES:
-        for a in upstream.get(stage, {}).get("metrics", {}).get("artifacts", []):
-            out.append((stage, run_dir / stage / a["file"], a))
-    return out
+def artifacts(upstream: dict[str, dict[str, Any]], run_dir: Path) -> list[ArtifactRecord]:
+    """Every GGUF file and ONNX folder the export stages recorded, failed ones included."""
+    return [r for r in RunFolder(run_dir, upstream).artifacts().values() if r.kind in ARTIFACT_STAGES]
 
 
 def run(recipe: Recipe, inputs: StageInputs, out_dir: Path) -> StageResult:
@@ -47,33 +43,28 @@ def run(recipe: Recipe, inputs: StageInputs, out_dir: Path) -> StageResult:
     threads = recipe.train.threads or default_threads()
     records: dict[str, Any] = {}
     found = artifacts(inputs.upstream, inputs.run_dir)
-    sources = {inputs.upstream[s]["metrics"]["source_stage"] for s in ARTIFACT_STAGES if s in inputs.upstream}
-    if len(sources) != 1:
+    sources = {r.source_stage for r in found}
+    if len(sources) != 1 or None in sources:
         raise QualityGateError(
-            f"stage verify: artifacts come from different model stages ({sorted(sources)})"
+            f"stage verify: artifacts come from different model stages ({sorted(map(str, sources))})"
         )
-    source = sources.pop()
+    source = str(sources.pop())
     model = TorchArtifact(inputs.stage_dir(source) / inputs.info(source)["model"], threads=threads)
     reference = Reference(model, inputs.work_dir / "reference")
     data_dir = inputs.stage_dir("data")
     rows = load_rows(data_dir / "val.jsonl") or load_rows(data_dir / "train.jsonl")
     request = build_request(reference.tok, rows, cfg)
-    for stage, path, exported in found:
-        key = f"{stage}/{exported['file']}"
-        if exported.get("status") != "ok":
-            records[key] = {
-                "precision": exported.get("precision"),
-                "status": "failed",
-                "error": exported.get("error"),
-            }
+    for art in found:
+        if art.status != "ok":
+            records[art.key] = {"precision": art.precision, "status": "failed", "error": art.error}
             continue
         t0 = time.perf_counter()
         rec = verify_artifact(
-            path, exported["precision"], reference, request, cfg, inputs.work_dir / "probe", threads
+            art.path, str(art.precision), reference, request, cfg, inputs.work_dir / "probe", threads
         )
         rec["seconds"] = round(time.perf_counter() - t0, 2)
-        records[key] = rec
-        print("  " + summary_line(key, rec))
+        records[art.key] = rec
+        print("  " + summary_line(art.key, rec))
     report = {
         "source_stage": source,
         "prompts": len(request["sequences"]),
@@ -85,6 +76,8 @@ def run(recipe: Recipe, inputs: StageInputs, out_dir: Path) -> StageResult:
     return StageResult(
         metrics={**report, "passed": passed, "failed": len(records) - passed},
         info={"source_stage": source},
+        # A crash or a hang is no verdict: retried on the next run (a parity failure is one, and stays).
+        failures=[k for k, r in records.items() if r["status"] in ("crashed", "timeout")],
     )
 
 

@@ -1,0 +1,338 @@
+"""Timing workers: child processes that hold one artifact (or the reference workload) open and time it on
+request, so that a native crash or hang is one line, not a dead check.
+
+The reference workload is a matrix-vector product over a fixed 64 MiB fp32 matrix (4096 x 4096), repeated
+16 times with the same thread count as the artifact. LLM decode on a CPU is a chain of matrix-vector
+products that streams every weight once per token, so its speed follows memory bandwidth; a 64 MiB
+``torch.mv`` does the same (2 flops per 4 bytes read, from a matrix larger than a CI runner's last-level
+cache: 32 MiB on the 2-core runner this was built on), so what slows memory for one slows it for the other,
+and the ratio is steadier than either time. torch rather than numpy: ``torch.set_num_threads`` fixes the
+thread count in-process, and OpenBLAS's threaded gemv was erratic on a loaded 2-core runner. It does not
+follow everything: a runner with a different balance of compute and bandwidth shifts the ratio, so a
+baseline compares best on the machine type it was saved on (the check says when the CPU model differs).
+
+Run a worker by hand with ``python -m edgesft.gate worker '{"kind": "reference", "threads": 2}'`` (JSON
+lines on stdin and stdout).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from edgesft.isolate import IsolatedFailure, _tail
+from edgesft.runtimes.timing import WARMUP
+
+REFERENCE_N = 4096
+REFERENCE_REPEATS = 16
+REFERENCE = {
+    "name": f"torch-mv-fp32-{REFERENCE_N}x{REFERENCE_N}-x{REFERENCE_REPEATS}",
+    "description": (
+        f"torch.mv of a fixed {REFERENCE_N}x{REFERENCE_N} fp32 matrix (64 MiB) by a vector, "
+        f"{REFERENCE_REPEATS} times, seconds per product, same threads as the artifact: memory-bandwidth-bound "
+        "like LLM decode"
+    ),
+}
+DEFAULT_TIMEOUT_S = 600.0
+
+
+# --------------------------------------------------------------------------------------------------------
+# Child side
+
+
+class _DecodeTimer:
+    """One open artifact; each call is one timed run of :mod:`edgesft.runtimes.timing` at depth 0, seconds
+    per decoded token."""
+
+    def __init__(self, path: str, threads: int):
+        from edgesft.runtimes.timing import filler_ids, open_for_timing
+
+        self.art = open_for_timing(Path(path), threads)
+        self.ids = filler_ids(self.art, 0)
+
+    def time(self, tokens: int) -> float:
+        from edgesft.runtimes.timing import timed_run
+
+        return timed_run(self.art, self.ids, tokens).seconds_per_token
+
+    def close(self) -> None:
+        self.art.close()
+
+
+class _ReferenceTimer:
+    """The reference workload (module docstring); each call gives seconds per matrix-vector product."""
+
+    def __init__(self, threads: int):
+        import torch
+
+        torch.set_num_threads(threads)
+        gen = torch.Generator().manual_seed(0)
+        self.matrix = torch.randn(REFERENCE_N, REFERENCE_N, generator=gen)
+        self.vector = torch.randn(REFERENCE_N, generator=gen)
+        self.out = torch.empty(REFERENCE_N)
+
+    def time(self, tokens: int) -> float:
+        import torch
+
+        t0 = time.perf_counter()
+        for _ in range(REFERENCE_REPEATS):
+            torch.mv(self.matrix, self.vector, out=self.out)
+        return (time.perf_counter() - t0) / REFERENCE_REPEATS
+
+    def close(self) -> None:
+        pass
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(f"{type(e).__name__}: {e}".split())[:500]
+
+
+def serve(spec: dict[str, Any]) -> int:
+    """Worker main loop: open, answer {"op": "time", "tokens": N} requests, stop at {"op": "close"} or EOF."""
+    # The protocol owns the real stdout; native libraries that print go to stderr instead.
+    proto = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+
+    def send(msg: dict[str, Any]) -> None:
+        proto.write(json.dumps(msg) + "\n")
+
+    t0 = time.perf_counter()
+    timer: _DecodeTimer | _ReferenceTimer
+    try:
+        if spec["kind"] == "reference":
+            timer = _ReferenceTimer(int(spec["threads"]))
+        else:
+            timer = _DecodeTimer(str(spec["path"]), int(spec["threads"]))
+    except Exception as e:  # reported to the parent as an open failure
+        send({"ok": False, "error": f"cannot open it: {_one_line(e)}"})
+        return 1
+    send({"ok": True, "load_s": time.perf_counter() - t0})
+    for line in sys.stdin:
+        request = json.loads(line)
+        if request.get("op") != "time":
+            break
+        try:
+            send({"ok": True, "seconds": timer.time(int(request["tokens"]))})
+        except Exception as e:  # the parent stops using this worker
+            send({"ok": False, "error": _one_line(e)})
+    timer.close()
+    proto.close()
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------------
+# Parent side
+
+
+class TimingFailure(IsolatedFailure):
+    """A timing worker crashed, hung or failed; ``role`` says whose it was ("current", "baseline",
+    "reference", or "artifact" where the caller did not say), so that a check can tell a regression of the
+    artifact under test from a failure of what it is compared with."""
+
+    def __init__(self, message: str, kind: str, role: str):
+        super().__init__(message, kind)
+        self.role = role
+
+
+class TimingWorker:
+    """A persistent child process that holds one artifact (or the reference workload) open and times it on
+    request. A crash, hang (``timeout_s`` per request) or error raises :class:`TimingFailure` naming
+    ``label`` and carrying ``role``; the child is then gone."""
+
+    def __init__(
+        self, spec: dict[str, Any], label: str, timeout_s: float = DEFAULT_TIMEOUT_S, role: str = "artifact"
+    ):
+        self.label = label
+        self.timeout_s = timeout_s
+        self.role = role
+        self.threads = int(spec["threads"])
+        self._stderr: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 (closed in close())
+        # the child imports this package from where the parent did, whatever its working directory
+        package_root = str(Path(__file__).resolve().parents[2])
+        path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
+        env = {
+            **os.environ,
+            "PYTHONPATH": path,
+            "OMP_NUM_THREADS": str(self.threads),
+            # OpenMP threads spin for a while after each parallel region by default; two workers take turns,
+            # so the idle one would keep a core busy while the other is timed, and on a 2-core runner the
+            # timed one would lose a core to its own neighbour. Passive waiting makes the idle worker sleep.
+            "OMP_WAIT_POLICY": "PASSIVE",
+            "TOKENIZERS_PARALLELISM": "false",
+            "TRANSFORMERS_VERBOSITY": "error",
+        }
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "edgesft.gate", "worker", json.dumps(spec)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            env=env,
+        )
+        self._lines: queue.Queue[bytes | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._pump, daemon=True)
+        self._reader.start()
+        try:
+            self.load_s = float(self._receive()["load_s"])
+        except BaseException:
+            self.close()
+            raise
+
+    @classmethod
+    def artifact(
+        cls, path: Path, threads: int, timeout_s: float = DEFAULT_TIMEOUT_S, role: str = "artifact"
+    ) -> TimingWorker:
+        return cls({"kind": "artifact", "path": str(path), "threads": threads}, str(path), timeout_s, role)
+
+    @classmethod
+    def reference(cls, threads: int, timeout_s: float = DEFAULT_TIMEOUT_S) -> TimingWorker:
+        return cls({"kind": "reference", "threads": threads}, "reference workload", timeout_s, "reference")
+
+    def _pump(self) -> None:
+        assert self._proc.stdout is not None
+        for line in self._proc.stdout:
+            self._lines.put(line)
+        self._lines.put(None)
+
+    def _receive(self) -> dict[str, Any]:
+        try:
+            line = self._lines.get(timeout=self.timeout_s)
+        except queue.Empty:
+            self._kill()
+            raise TimingFailure(
+                f"{self.label}: timing worker timed out after {self.timeout_s:.0f}s", "timeout", self.role
+            ) from None
+        if line is None:
+            raise self._death()
+        msg: dict[str, Any] = json.loads(line)
+        if not msg.get("ok"):
+            self._kill()
+            raise TimingFailure(f"{self.label}: {msg.get('error')}", "error", self.role)
+        return msg
+
+    def _death(self) -> TimingFailure:
+        try:
+            code = self._proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._kill()
+            code = self._proc.returncode
+        self._stderr.seek(0)
+        tail = _tail(self._stderr.read().decode("utf-8", "replace"))
+        if code is not None and code < 0:
+            try:
+                how = f"crashed ({signal.Signals(-code).name})"
+            except ValueError:
+                how = f"crashed (signal {-code})"
+        else:
+            how = f"exited with code {code}"
+        return TimingFailure(
+            f"{self.label}: timing worker {how}{': ' + tail if tail else ''}", "crash", self.role
+        )
+
+    def time(self, tokens: int) -> float:
+        """One timed run: seconds per decoded token (artifact) or per product (reference)."""
+        if self._proc.poll() is not None:
+            raise self._death()
+        try:
+            assert self._proc.stdin is not None
+            self._proc.stdin.write((json.dumps({"op": "time", "tokens": tokens}) + "\n").encode())
+            self._proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            raise self._death() from None
+        return float(self._receive()["seconds"])
+
+    def _kill(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+
+    def close(self) -> None:
+        """Ask the worker to stop; kill it if it does not within 10 s. The pipes and the stderr file are
+        closed whether or not the child is still alive."""
+        stdin = self._proc.stdin
+        if stdin is not None:
+            if self._proc.poll() is None:
+                with contextlib.suppress(OSError):
+                    stdin.write(b'{"op": "close"}\n')
+                    stdin.flush()
+            # a dead child leaves bytes on a broken pipe: close() raises, but the handle is closed anyway
+            with contextlib.suppress(OSError):
+                stdin.close()
+        try:
+            self._proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._kill()
+        self._reader.join(timeout=10)  # the pipe is at EOF once the child is gone
+        if self._proc.stdout is not None:
+            self._proc.stdout.close()
+        self._stderr.close()
+
+    def __enter__(self) -> TimingWorker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@contextlib.contextmanager
+def open_workers(*workers: Callable[[], TimingWorker]) -> Iterator[list[TimingWorker]]:
+    """Open several workers; all are closed on the way out, also when one fails to open."""
+    with contextlib.ExitStack() as stack:
+        yield [stack.enter_context(make()) for make in workers]
+
+
+# --------------------------------------------------------------------------------------------------------
+# Rounds
+
+
+def interleave(
+    a: TimingWorker, b: TimingWorker, rounds: int, tokens: int, warmup: int = WARMUP
+) -> tuple[list[float], list[float]]:
+    """Warm-up runs of each, then ``rounds`` rounds in A B, B A, A B ... order; one time per worker per round."""
+    for _ in range(warmup):
+        a.time(tokens)
+        b.time(tokens)
+    times_a: list[float] = []
+    times_b: list[float] = []
+    for i in range(rounds):
+        if i % 2 == 0:
+            times_a.append(a.time(tokens))
+            times_b.append(b.time(tokens))
+        else:
+            times_b.append(b.time(tokens))
+            times_a.append(a.time(tokens))
+    return times_a, times_b
+
+
+def normalized_rounds(
+    artifact: TimingWorker, reference: TimingWorker, rounds: int, tokens: int
+) -> tuple[list[float], list[float]]:
+    """(artifact / reference time per round, artifact seconds per token per round)."""
+    art, ref = interleave(artifact, reference, rounds, tokens)
+    return [a / r for a, r in zip(art, ref, strict=True)], art
+
+
+def against_reference(
+    path: Path, reference: TimingWorker, rounds: int, tokens: int, timeout_s: float, role: str = "artifact"
+) -> tuple[list[float], list[float]]:
+    """:func:`normalized_rounds` of the artifact at ``path``, opened in a worker of its own for them with the
+    reference's threads."""
+    with TimingWorker.artifact(path, reference.threads, timeout_s, role=role) as art:
+        return normalized_rounds(art, reference, rounds, tokens)
+
+
+def tok_s(seconds_per_token: Sequence[float]) -> float:
+    """Decode tokens per second of the median round."""
+    return 1.0 / statistics.median(seconds_per_token)
