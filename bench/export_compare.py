@@ -73,7 +73,7 @@ def _build_gguf(
     from edgesft.gguf_export import gguf_architecture, imatrix_from_model, write_gguf, write_imatrix
     from edgesft.isolate import call
     from edgesft.models import embedded_gguf
-    from edgesft.stages.prune import calibration_batches
+    from edgesft.training import calibration_batches
 
     arts: dict[str, dict[str, Any]] = {"upstream Q4_1": {"path": embedded_gguf(), "precision": "Q4_1"}}
     if not quants:

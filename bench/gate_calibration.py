@@ -68,9 +68,9 @@ def main() -> None:
     )
     args = ap.parse_args()
 
-    from edgesft.benchmark import default_threads, machine_info
     from edgesft.gate import REFERENCE, WARMUP, TimingWorker, interleave, normalized_rounds, open_workers
     from edgesft.io import atomic_write_json
+    from edgesft.machine import default_threads, machine_info
     from edgesft.stats import latency_gate, two_sample_gate
 
     threads = args.threads or default_threads()

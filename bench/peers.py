@@ -13,14 +13,14 @@
 
 Ratios are medians of per-round ratios (each round runs every contender once, so drift on a shared machine
 hits all alike); a verdict calls a difference only where the 95% bootstrap interval of that median excludes
-1 (edgesft.stats), which needs at least 3 rounds.
+1 (edgesft.stats), which needs at least 10 rounds (``edgesft check``'s own minimum).
 
 Training uses LoRA by default (``--method``; ``freeze``, the phone recipe's method, has no PEFT peer but the
 same Trainer comparison). The first run builds the exports in ``--work``; later runs reuse its ONNX folders.
 
 Full size (about 20 minutes on a quiet 2-core machine, two thirds of it training; first run):
 
-    python bench/peers.py --rounds 5 --threads 2 --train-steps 12 --new-tokens 64
+    python bench/peers.py --rounds 10 --threads 2 --train-steps 12 --new-tokens 64
 
 Smoke test: ``python bench/peers.py --rounds 1 --train-steps 2 --new-tokens 8 --repeats 1 --out /tmp/p.json``
 (10 minutes with a fresh ``--work`` on a busy 2-core machine, mostly building and verifying the exports).
@@ -110,11 +110,11 @@ def versions() -> dict[str, str | None]:
 
 def speed_verdict(ratios: Sequence[float], ours: str = "ours") -> str:
     """Faster, slower or level, from the bootstrap interval of the median per-round ratio."""
-    from edgesft.stats import bootstrap_ci
+    from edgesft.stats import MIN_ROUNDS, bootstrap_ci
 
     med = statistics.median(ratios)
-    if len(ratios) < 3:
-        return f"{len(ratios)} round(s): too few for an interval"
+    if len(ratios) < MIN_ROUNDS:  # the gate's own minimum: fewer rounds give no interval worth quoting
+        return f"median ×{med:.2f} over {len(ratios)} round(s): too few for a verdict (needs {MIN_ROUNDS})"
     low, high = bootstrap_ci(list(ratios))
     ci = f"95% CI {low:.2f}-{high:.2f}"
     if low > 1.0:
@@ -252,7 +252,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds, training and decode alike")
+    ap.add_argument("--rounds", type=int, default=10, help="interleaved rounds, training and decode alike")
     ap.add_argument("--threads", type=int, default=2, help="threads for every contender")
     ap.add_argument("--train-steps", type=int, default=12, help="training steps per run (step 1 untimed)")
     ap.add_argument("--new-tokens", type=int, default=64, help="decoded tokens per timed decode run")

@@ -99,15 +99,10 @@ def measure(
 
     from edgesft.chat import prepare_tokenizer
     from edgesft.config import load_recipe
+    from edgesft.machine import set_threads
     from edgesft.models import resolve_model
-    from edgesft.stages.train import (
-        METHODS,
-        Collator,
-        encode_rows,
-        make_trainer_class,
-        pick_dtype,
-        set_threads,
-    )
+    from edgesft.stages.train import METHODS
+    from edgesft.training import Collator, encode_rows, make_trainer_class, pick_dtype
 
     overrides = [f"train.method={method}"] if method else []
     if threads:

@@ -30,16 +30,7 @@ from typing import Any
 
 import numpy as np
 
-# Machine facts live in edgesft.machine; these names stay importable from here (and memory_bandwidth callable
-# as "edgesft.benchmark:memory_bandwidth") for the callers that still use this module for them: stages/bench,
-# gate/settings, report/data, bench/gate_calibration.
-from edgesft.machine import (  # noqa: F401
-    default_threads,
-    machine_info,
-    memory_bandwidth,
-    peak_rss_mb,
-    rss_mb,
-)
+from edgesft.machine import peak_rss_mb, rss_mb
 
 
 def stats(values: list[float]) -> dict[str, Any]:

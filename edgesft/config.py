@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edgesft.errors import RecipeError
+from edgesft.stats import MIN_ROUNDS
 
 EMBEDDED_MODEL = "smollm2-135m-instruct"
 TINY_MODEL = "tiny-llama"
@@ -213,7 +214,7 @@ class TrainConfig(_Section):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """Compute dtype; `auto` picks bfloat16 where the CPU/GPU supports it, else float32."""
     threads: int | None = Field(None, ge=1, le=1024)
-    """CPU threads for torch (default: all cores)."""
+    """CPU threads for torch (default: the physical cores this process may use)."""
     tensorboard: bool = False
     """Write TensorBoard logs to the stage folder."""
 
@@ -403,7 +404,7 @@ class GgufConfig(_Section):
     imatrix_rows: int = Field(64, ge=1, le=100000)
     """Training rows (prompt and answer) the importance matrix is measured on."""
     threads: int | None = Field(None, ge=1, le=1024)
-    """Quantizer threads (default: all cores)."""
+    """Quantizer threads (default: the physical cores this process may use)."""
 
 
 class OnnxVariant(_Section):
@@ -553,7 +554,7 @@ class CheckConfig(_Section):
     allowed_slowdown: float = Field(0.10, ge=0.0, le=10.0)
     """Largest decode slowdown tolerated: fail only when the whole 95% interval of the time ratio lies above
     1 + this."""
-    rounds: int = Field(12, ge=10, le=1000)
+    rounds: int = Field(12, ge=MIN_ROUNDS, le=1000)
     """Interleaved timing rounds (A B, B A, ...); at least 10, so that the bootstrap interval of the median
     has enough rounds to resample."""
     threads: int | None = Field(None, ge=1, le=512)
@@ -958,21 +959,21 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         f"{_origin(p, str(path), lines, set_paths)}: {p}: {m}" for p, m in _combination_problems(recipe)
     ]
     for i, f in enumerate(recipe.data.train):
-        if not recipe.resolve_path(f).is_file():
+        if not _is_file(recipe.resolve_path(f)):
             problems.append(
                 f"{_origin(f'data.train.{i}', str(path), lines, set_paths)}: data.train.{i}: "
                 f"file not found: {recipe.resolve_path(f)}"
             )
     for key in ("val", "test"):
         f = getattr(recipe.data, key)
-        if f is not None and not recipe.resolve_path(f).is_file():
+        if f is not None and not _is_file(recipe.resolve_path(f)):
             problems.append(
                 f"{_origin(f'data.{key}', str(path), lines, set_paths)}: data.{key}: "
                 f"file not found: {recipe.resolve_path(f)}"
             )
     for i, a in enumerate(recipe.merge.adapters):
         folder = recipe.resolve_path(a.path)
-        if not (folder / "adapter_config.json").is_file():
+        if not _is_file(folder / "adapter_config.json"):
             problems.append(
                 f"{_origin(f'merge.adapters.{i}.path', str(path), lines, set_paths)}: merge.adapters.{i}.path: "
                 f"no PEFT adapter (adapter_config.json) in {folder}"
@@ -980,6 +981,14 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     if problems:
         raise RecipeError(*problems)
     return recipe
+
+
+def _is_file(path: Path) -> bool:
+    """Whether a path the recipe names is a file; a name the OS refuses (too long, say) is none."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
 
 
 def section_fields(cls: type[BaseModel], prefix: str = "") -> list[tuple[str, str, str, str]]:

@@ -126,6 +126,11 @@ class StageInputs:
         """The ``info`` an earlier stage recorded for the stages after it."""
         return self.upstream[name].get("info", {})
 
+    def source_model(self) -> tuple[str, Path]:
+        """(stage name, model folder) of the latest model stage read (``StageSpec.reads_model``)."""
+        source = last_model_stage(self.upstream)
+        return source, self.stage_dir(source) / self.info(source)["model"]
+
 
 @dataclass
 class StageResult:

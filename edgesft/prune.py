@@ -51,16 +51,17 @@ def _unique_params(modules: list[Any]) -> int:
 
 
 def param_counts(model: Any) -> dict[str, int]:
-    """``total`` (unique parameters; a tied head counted once), ``embedding`` (input embeddings and LM head)
-    and ``non_embedding`` (the rest: blocks and the final norm)."""
+    """``params_total`` (unique parameters; a tied head counted once), ``params_embedding`` (input
+    embeddings and LM head) and ``params_non_embedding`` (the rest: blocks and the final norm), under the
+    names the stage manifests record them."""
     total = _unique_params([model])
     embedding = _unique_params([model.get_input_embeddings(), model.get_output_embeddings()])
-    return {"total": total, "embedding": embedding, "non_embedding": total - embedding}
+    return {"params_total": total, "params_embedding": embedding, "params_non_embedding": total - embedding}
 
 
 def non_embedding_params(model: Any) -> int:
     """Parameters outside the input embeddings and the LM head: what pruning targets are measured in."""
-    return param_counts(model)["non_embedding"]
+    return param_counts(model)["params_non_embedding"]
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -20,18 +20,6 @@ from edgesft.io import atomic_write_text
 POINT_METRICS = ("exact_match", "intent_accuracy", "slot_f1", "valid_json")
 
 
-def param_counts(model: Any) -> dict[str, int]:
-    """Unique parameters (a tied LM head counted once), split into embeddings and the rest."""
-    from edgesft.prune import param_counts as counts
-
-    c = counts(model)
-    return {
-        "params_total": c["total"],
-        "params_embedding": c["embedding"],
-        "params_non_embedding": c["non_embedding"],
-    }
-
-
 def test_rows(recipe: Recipe, data_dir: Path) -> list[Row]:
     rows = load_rows(data_dir / "test.jsonl")
     return rows[: recipe.eval.max_rows] if recipe.eval.max_rows else rows

@@ -14,6 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+MIN_ROUNDS = 10
+"""Fewest interleaved rounds a speed verdict (the gate's, a peer comparison's) is drawn from."""
+
 
 def _rounds(values: Sequence[float]) -> np.ndarray:
     """One series of timings as a float array: one-dimensional, non-empty and positive, else ValueError."""

@@ -13,6 +13,12 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+SOFT_PROMPT = (
+    "train.method prompt_tuning: a soft prompt is a sequence of learned input vectors, not a weight change, "
+    "so no model file can carry it (use lora, dora or freeze to export)"
+)
+"""Why the export and bench stages skip a prompt-tuned run."""
+
 if TYPE_CHECKING:
     from edgesft.config import Recipe
 

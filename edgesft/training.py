@@ -4,9 +4,9 @@ resume.
 
 The Trainer is used rather than a hand-written loop because it already does most of what is needed and is
 well kept: checkpoints with optimizer, scheduler and RNG state, gradient accumulation, mixed precision on CPU
-and GPU, DDP through accelerate, early stopping. Where it does not resume exactly, :func:`fit` closes the
-gap (see :class:`_ResumeGuard` and :func:`make_trainer_class`): a run killed at any checkpoint and resumed
-ends with the same weights, bit for bit, as one that was never interrupted.
+and GPU, DDP through accelerate, early stopping. Where it does not resume exactly, :func:`fit` and
+:func:`make_trainer_class` close the gap: a run killed at any checkpoint and resumed ends with the same
+weights, bit for bit, as one that was never interrupted (``tests/test_train.py`` kills and compares).
 
 Stages flatten their recipe sections into a :class:`LoopSettings`; nothing here reads a recipe.
 """
@@ -337,7 +337,7 @@ def make_trainer_class(distill: Distillation | None = None) -> type:
         resumed_finished = False
 
         def _get_train_sampler(self, train_dataset: Any = None) -> Any:
-            dataset = train_dataset if train_dataset is not None else self.train_dataset
+            dataset: Any = train_dataset if train_dataset is not None else self.train_dataset
             if self.args.train_sampling_strategy != "group_by_length" or dataset is None:
                 return super()._get_train_sampler(train_dataset)
             seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed

@@ -28,7 +28,6 @@ from edgesft.data import Row
 from edgesft.errors import EdgesftError
 from edgesft.io import load_npy, save_npy, sha256_json
 from edgesft.isolate import IsolatedFailure, call
-from edgesft.machine import default_threads  # noqa: F401 (stages/verify imports it from here)
 
 PROBE_TEXTS = [
     "Hello world",

@@ -53,6 +53,10 @@ def write_recipe(folder: Path, **sections: Any) -> Path:
     return path
 
 
+QUICK_LATENCY = {"prompt_lengths": [16], "decode_depths": [0], "decode_tokens": 4, "warmup": 0, "repeats": 1}
+"""bench.latency for tests that need every artifact measured once in its runtime, not its figures."""
+
+
 @pytest.fixture
 def recipe_file(tmp_path: Path) -> Path:
     return write_recipe(tmp_path)

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import write_recipe
+from conftest import QUICK_LATENCY, write_recipe
 from families import ARCHITECTURES, family_tokenizer, make_architecture
 
 from edgesft.support import sentencepiece_bos, stage_problem
@@ -94,13 +94,7 @@ def _recipe(folder: Path, base: Path, model_type: str) -> Path:
         # bench's measurements are the ci-smoke run's job; here it must take every artifact in its runtime
         bench={
             "enabled": True,
-            "latency": {
-                "prompt_lengths": [16],
-                "decode_depths": [0],
-                "decode_tokens": 4,
-                "warmup": 0,
-                "repeats": 1,
-            },
+            "latency": QUICK_LATENCY,
             "quality": {"test_rows": 1, "val_rows": 1},
             "torch": False,
         },
@@ -108,6 +102,7 @@ def _recipe(folder: Path, base: Path, model_type: str) -> Path:
 
 
 @pytest.mark.matrix
+@pytest.mark.slow  # so that `-m "not slow"` (which replaces the default `-m "not matrix"`) leaves it out too
 @pytest.mark.parametrize("name", list(ARCHITECTURES))
 def test_architecture_runs_every_stage(name: str, cache: Path, tmp_path: Path) -> None:
     model_type = ARCHITECTURES[name][0]

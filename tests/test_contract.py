@@ -25,7 +25,7 @@ from edgesft.pipeline import (
     stage_reads,
 )
 from edgesft.stages import STAGES
-from tests.conftest import write_recipe
+from tests.conftest import QUICK_LATENCY, write_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 ORDER = list(STAGES)
@@ -325,13 +325,7 @@ def test_the_cache_contract_on_the_real_stages(tmp_path: Path, monkeypatch: pyte
         "export": {"gguf": {"enabled": True, "quants": ["Q8_0"]}, "onnx": {"enabled": True}},
         "bench": {
             "enabled": True,
-            "latency": {
-                "prompt_lengths": [16],
-                "decode_depths": [0],
-                "decode_tokens": 4,
-                "warmup": 0,
-                "repeats": 1,
-            },
+            "latency": QUICK_LATENCY,
             "quality": {"test_rows": 4, "val_rows": 4},
         },
     }

@@ -292,7 +292,14 @@ def test_pipeline_gguf_verify_export_bundle(tmp_path: Path) -> None:
         export={
             "onnx": {"enabled": False},
             "gguf": {"quants": ["Q8_0", "Q4_K_M"]},
-            "verify": {"prompts": 4, "generate_prompts": 1, "generate_tokens": 4},
+            # The tiny random model's next-token distributions are near-uniform: Q8_0 matches them (KL 0.0000)
+            # yet flips ~5% of top-1 picks among near-equal logits, by the training run's luck.
+            "verify": {
+                "prompts": 4,
+                "generate_prompts": 1,
+                "generate_tokens": 4,
+                "limits_8bit": {"min_top1": 0.9, "max_kl": 0.02},
+            },
         },
     )
     proc = subprocess.run(

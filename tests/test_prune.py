@@ -147,12 +147,12 @@ def make_identity(model: Any, *blocks: int) -> None:
 def test_param_counts_count_a_tied_head_once() -> None:
     tied, untied = tiny_llama(), tiny_llama(tie_word_embeddings=False)
     emb = VOCAB * 64
-    assert prune.param_counts(tied)["embedding"] == emb
-    assert prune.param_counts(untied)["embedding"] == 2 * emb
+    assert prune.param_counts(tied)["params_embedding"] == emb
+    assert prune.param_counts(untied)["params_embedding"] == 2 * emb
     for model in (tied, untied):
         counts = prune.param_counts(model)
-        assert counts["total"] == counts["embedding"] + counts["non_embedding"]
-        assert prune.non_embedding_params(model) == counts["non_embedding"]
+        assert counts["params_total"] == counts["params_embedding"] + counts["params_non_embedding"]
+        assert prune.non_embedding_params(model) == counts["params_non_embedding"]
     assert prune.non_embedding_params(tied) == prune.non_embedding_params(untied)
 
 

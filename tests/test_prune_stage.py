@@ -60,6 +60,44 @@ def test_prune_and_distillation_heal(tmp_path: Path) -> None:
     assert result["kind"] == "stage:prune" and result["metrics"]["n"] == 3
 
 
+@pytest.mark.slow
+def test_heal_killed_at_a_checkpoint_resumes_to_the_same_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    from edgesft.io import sha256_file
+    from edgesft.training import FAULT_ENV
+
+    monkeypatch.delenv(FAULT_ENV, raising=False)
+    # train's only checkpoint (step 3) comes before the heal's first (step 4): the kill is the heal's
+    sections = {"model": {"base": "tiny-llama", "tiny": {"layers": 4, "intermediate": 128}}, "prune": PRUNE}
+    straight = write_recipe(tmp_path / "straight", train={"max_steps": 3, "eval_steps": 3}, **sections)
+    resumed = write_recipe(tmp_path / "resumed", train={"max_steps": 3, "eval_steps": 3}, **sections)
+    _run(straight)
+    killed = subprocess.run(
+        [sys.executable, "-m", "edgesft.cli", "run", str(resumed)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, FAULT_ENV: "4"},
+        timeout=600,
+    )
+    assert killed.returncode == 137, killed.stderr[-2000:]
+    run_dir = tmp_path / "resumed" / "runs" / "t"
+    assert (run_dir / ".work" / "prune" / "checkpoints" / "checkpoint-4").is_dir()
+    assert not (run_dir / "prune" / "manifest.json").exists()
+    heal = _run(resumed)["prune"]["metrics"]["heal"]
+    assert heal["resumed_from_step"] == 4
+    for name in ("model/model.safetensors", "heal_loss_curve.json"):
+        a, b = tmp_path / "straight" / "runs" / "t" / "prune" / name, run_dir / "prune" / name
+        assert sha256_file(a) == sha256_file(b), name
+
+
 def test_kv_groups_and_lora_sft_heal(tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM
 

@@ -57,9 +57,13 @@ def test_each_method_lowers_the_loss(tmp_path: Path, method: str) -> None:
 
 
 def test_early_stopping_keeps_the_best_checkpoint(tmp_path: Path) -> None:
-    m = _train(tmp_path, learning_rate=0.5, max_steps=30, eval_steps=2, early_stopping_patience=1)["metrics"]
-    assert m["early_stopped"] and m["steps"] < 30
-    assert m["best_step"] is not None and m["best_val_loss"] is not None
+    # A threshold no improvement reaches: every evaluation after the first counts against the patience, so
+    # the loop stops at the second checkpoint whatever the losses of the random model do.
+    m = _train(
+        tmp_path, max_steps=30, eval_steps=2, early_stopping_patience=1, early_stopping_threshold=100.0
+    )["metrics"]
+    assert m["early_stopped"] and m["steps"] == 4
+    assert m["best_step"] in (2, 4) and m["best_val_loss"] is not None
 
 
 def _cli(args: list[str], env: dict[str, str] | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess:
@@ -179,6 +183,7 @@ def _resume_case(case: str, work: Path) -> dict[str, Any]:
         torch.set_num_threads(threads)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(RESUME_CASES))
 def test_killed_at_a_checkpoint_resumes_to_the_same_weights(
     case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

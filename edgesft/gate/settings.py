@@ -37,7 +37,7 @@ def resolve_threads(*choices: int | None) -> int:
     for n in choices:
         if n:
             return int(n)
-    from edgesft.benchmark import default_threads
+    from edgesft.machine import default_threads
 
     return default_threads()
 

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from edgesft import __version__
-from edgesft.benchmark import machine_info
 from edgesft.environment import LIBRARIES
 from edgesft.errors import EdgesftError
 from edgesft.io import read_json
+from edgesft.machine import machine_info
 from edgesft.quality import POINT_METRICS
 from edgesft.runfolder import RunFolder, bundle_primary, primary_key
 

@@ -19,22 +19,17 @@ from typing import Any
 
 import numpy as np
 
-from edgesft.benchmark import (
-    default_threads,
-    kv_bytes_per_position,
-    kv_element_bytes,
-    machine_info,
-    weight_bytes,
-)
+from edgesft.benchmark import kv_bytes_per_position, kv_element_bytes, weight_bytes
 from edgesft.chat import encode_conversation
 from edgesft.config import Recipe
 from edgesft.data import load_rows
 from edgesft.errors import EdgesftError
 from edgesft.io import atomic_write_json, read_json, save_npy
 from edgesft.isolate import IsolatedFailure, call
+from edgesft.machine import default_threads, fingerprint, machine_info
 from edgesft.pipeline import StageInputs, StageResult
 from edgesft.runfolder import EXPORT_STAGES, ArtifactRecord, RunFolder
-from edgesft.stages.gguf import SOFT_PROMPT
+from edgesft.support import SOFT_PROMPT
 
 RUNTIMES = {"gguf": "llama.cpp (llama-cpp-python)", "onnx": "onnxruntime-genai", "torch": "PyTorch"}
 RUNTIME_PACKAGES = {"gguf": "llama-cpp-python", "onnx": "onnxruntime-genai", "torch": "torch"}
@@ -51,8 +46,6 @@ def skip(recipe: Recipe, manifests: dict[str, dict[str, Any]]) -> str | None:
 def external_inputs(recipe: Recipe) -> dict[str, Any]:
     """The machine the figures are measured on (CPU, cores, resolved threads, library versions): a run
     folder copied or cached onto another machine re-measures instead of reporting the first one's speeds."""
-    from edgesft.machine import default_threads, fingerprint
-
     return {"machine": fingerprint(recipe.bench.latency.threads or default_threads())}
 
 
@@ -140,7 +133,7 @@ def run(recipe: Recipe, inputs: StageInputs, out_dir: Path) -> StageResult:
     threads = cfg.latency.threads or default_threads()
     machine = machine_info()
     try:
-        bandwidth = float(call("edgesft.benchmark:memory_bandwidth", {"threads": threads}, timeout=300))
+        bandwidth = float(call("edgesft.machine:memory_bandwidth", {"threads": threads}, timeout=300))
     except IsolatedFailure as e:
         raise IsolatedFailure(f"stage bench: measuring memory bandwidth failed: {e}", e.kind) from None
     machine.update(bandwidth_gb_s=round(bandwidth, 2), bandwidth_threads=threads)

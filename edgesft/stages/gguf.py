@@ -20,25 +20,15 @@ from edgesft.data import load_rows
 from edgesft.gguf_export import imatrix_from_model, write_gguf, write_imatrix
 from edgesft.isolate import IsolatedFailure, call
 from edgesft.machine import set_threads
-from edgesft.pipeline import StageInputs, StageResult, last_model_stage
+from edgesft.pipeline import StageInputs, StageResult
+from edgesft.support import SOFT_PROMPT
 from edgesft.training import calibration_batches
-
-SOFT_PROMPT = (
-    "train.method prompt_tuning: a soft prompt is a sequence of learned input vectors, not a weight change, "
-    "so no model file can carry it (use lora, dora or freeze to export)"
-)
 
 
 def skip(recipe: Recipe, manifests: dict[str, dict[str, Any]]) -> str | None:
     if recipe.train.method == "prompt_tuning":
         return SOFT_PROMPT
     return None if recipe.export.gguf.enabled else "export.gguf.enabled is false"
-
-
-def source_model(inputs: StageInputs) -> tuple[str, Path]:
-    """(stage name, model folder) of the model every export starts from."""
-    source = last_model_stage(inputs.upstream)
-    return source, inputs.stage_dir(source) / inputs.info(source)["model"]
 
 
 def _imatrix(recipe: Recipe, src: Path, arch: str, data_dir: Path, dest: Path) -> dict[str, Any]:
@@ -65,7 +55,7 @@ def _imatrix(recipe: Recipe, src: Path, arch: str, data_dir: Path, dest: Path) -
 
 def run(recipe: Recipe, inputs: StageInputs, out_dir: Path) -> StageResult:
     g = recipe.export.gguf
-    source, src = source_model(inputs)
+    source, src = inputs.source_model()
     name = recipe.name or "model"
     threads = set_threads(g.threads)
     float_name = f"{name}-{g.float_type.upper()}.gguf"

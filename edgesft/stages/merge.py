@@ -27,7 +27,8 @@ from edgesft.evaluate import loss_and_perplexity
 from edgesft.io import link_tree, read_json, sha256_file
 from edgesft.models import save_tokenizer
 from edgesft.pipeline import StageInputs, StageResult
-from edgesft.quality import measure, param_counts
+from edgesft.prune import param_counts
+from edgesft.quality import measure
 
 QUALITY_KEYS = ("val_loss", "val_perplexity", "test")
 

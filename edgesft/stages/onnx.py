@@ -19,7 +19,7 @@ from edgesft.config import Recipe
 from edgesft.data import load_rows
 from edgesft.errors import EdgesftError
 from edgesft.pipeline import StageInputs, StageResult
-from edgesft.stages.gguf import SOFT_PROMPT, source_model
+from edgesft.support import SOFT_PROMPT
 
 
 def skip(recipe: Recipe, manifests: dict[str, dict[str, Any]]) -> str | None:
@@ -47,7 +47,7 @@ def run(recipe: Recipe, inputs: StageInputs, out_dir: Path) -> StageResult:
     from edgesft.onnx_export import build_variant
 
     o = recipe.export.onnx
-    source, src = source_model(inputs)
+    source, src = inputs.source_model()
     names = [v.name for v in o.variants]
     if len(set(names)) != len(names):
         raise EdgesftError(f"export.onnx.variants: names must differ ({', '.join(names)})")

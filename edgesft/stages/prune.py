@@ -25,7 +25,8 @@ from edgesft.io import atomic_write_json
 from edgesft.machine import peak_memory_mb, set_threads
 from edgesft.models import save_tokenizer
 from edgesft.pipeline import StageInputs, StageResult, last_model_stage
-from edgesft.quality import measure, param_counts
+from edgesft.prune import param_counts
+from edgesft.quality import measure
 from edgesft.training import (
     Distillation,
     LoopSettings,

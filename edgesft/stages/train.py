@@ -25,7 +25,8 @@ from edgesft.io import atomic_write_json, read_json, sha256_json
 from edgesft.machine import peak_memory_mb, set_threads
 from edgesft.models import cache_root, save_tokenizer
 from edgesft.pipeline import StageInputs, StageResult, code_identity, is_main, library_identity, world
-from edgesft.quality import measure, param_counts, test_rows
+from edgesft.prune import param_counts
+from edgesft.quality import measure, test_rows
 from edgesft.training import (
     LoopSettings,
     encode_rows,

@@ -17,10 +17,11 @@ from edgesft.config import Recipe
 from edgesft.data import load_rows
 from edgesft.errors import QualityGateError
 from edgesft.io import atomic_write_json
+from edgesft.machine import default_threads
 from edgesft.pipeline import StageInputs, StageResult
 from edgesft.runfolder import EXPORT_STAGES as ARTIFACT_STAGES
 from edgesft.runfolder import ArtifactRecord, RunFolder
-from edgesft.verify import Reference, build_request, default_threads, verify_artifact
+from edgesft.verify import Reference, build_request, verify_artifact
 
 
 def skip(recipe: Recipe, manifests: dict[str, dict[str, Any]]) -> str | None:
