@@ -396,7 +396,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-_ENVIRONMENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT, errno.EROFS}
+# The machine refused, or a path the user gave is no place to read or write (a folder where a file should
+# be, a file where a folder should be, a name too long).
+_ENVIRONMENT_ERRNOS = {
+    errno.EACCES,
+    errno.EPERM,
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EROFS,
+    errno.EISDIR,
+    errno.ENOTDIR,
+    errno.EEXIST,
+    errno.ENAMETOOLONG,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -417,9 +429,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {line}", file=sys.stderr)
         return 2
     except OSError as e:
-        # The machine refused (no permission, a full or read-only disk): the user's to fix, in one line. Any
-        # other OSError (a missing file edgesft itself should have checked) is a bug and keeps its traceback.
-        if e.errno not in _ENVIRONMENT_ERRNOS:
+        # The user's to fix, in one line: the machine refused, a path they gave is unusable, or a library
+        # refused a model folder (transformers raises OSError without an errno: "no file named
+        # model.safetensors", "not a valid JSON file"). Any other OSError (a missing file edgesft itself should
+        # have checked) is a bug and keeps its traceback.
+        if e.errno is not None and e.errno not in _ENVIRONMENT_ERRNOS:
             raise
         where = f"{e.filename}: " if e.filename else ""
         print(f"error: {where}{e.strerror or e}", file=sys.stderr)

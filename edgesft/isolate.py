@@ -29,6 +29,17 @@ class IsolatedFailure(EdgesftError):
         super().__init__(message)
         self.kind = kind  # "crash" | "timeout" | "error"
 
+    @property
+    def transient(self) -> bool:
+        """A crash or a hang may not happen again (a stage ending with one is retried on the next run); an
+        error raised by the code is its verdict on the input, and would."""
+        return self.kind in ("crash", "timeout")
+
+
+def transient(error: BaseException) -> bool:
+    """Whether ``error`` is a :attr:`IsolatedFailure.transient` failure."""
+    return isinstance(error, IsolatedFailure) and error.transient
+
 
 def call(
     target: str, kwargs: dict[str, Any], timeout: float = 900.0, env: dict[str, str] | None = None

@@ -139,7 +139,8 @@ class StageResult:
     metrics: dict[str, Any] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
-    """Artifacts the stage could not make (their errors are in ``metrics``): the stage is ``partial``."""
+    """Artifacts the stage could not make for a reason that may pass (a crash, a hang: their errors are in
+    ``metrics``): the stage is ``partial``, and retried on the next run. A deterministic failure is a result."""
 
 
 @dataclass(frozen=True)
@@ -300,12 +301,23 @@ def code_identity(module: str) -> str:
             parent = ".".join(name.split(".")[:i])
             seen.setdefault(parent, package.joinpath(*parent.split(".")[1:], "__init__.py"))
     h = hashlib.sha256()
-    files = sorted(seen.values()) + sorted(
-        f for f in package.rglob("*") if f.is_file() and f.suffix not in (".py", ".pyc")
-    )
-    for f in files:
+    for f in sorted(seen.values()) + _package_data(package):
         h.update(f.relative_to(package).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
     return h.hexdigest()
+
+
+def _package_data(package: Path) -> list[Path]:
+    """Files the package reads rather than imports: schemas, and the bundle templates (a linked folder whose
+    runner scripts are copied, never imported). Hidden files (editor swap files) and bytecode stay out."""
+    found = []
+    for root, dirs, names in os.walk(package, followlinks=True):
+        dirs[:] = [d for d in dirs if not d.startswith((".", "__pycache__"))]
+        in_templates = Path(root).name == "export_templates"
+        for n in names:
+            if n.startswith(".") or n.endswith(".pyc") or (n.endswith(".py") and not in_templates):
+                continue
+            found.append(Path(root) / n)
+    return sorted(found)
 
 
 def _edgesft_imports(name: str, path: Path) -> list[str]:

@@ -255,7 +255,10 @@ class RunFolder:
         if self._manifests is None:
             found: dict[str, dict[str, Any]] = {}
             if self.run_dir.is_dir():
-                for folder in sorted(p for p in self.run_dir.iterdir() if p.is_dir()):
+                # hidden folders are the pipeline's temp and replaced folders, never a stage's
+                for folder in sorted(
+                    p for p in self.run_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
+                ):
                     m = read_json(folder / MANIFEST)
                     if isinstance(m, dict) and _valid(m):
                         found[folder.name] = m

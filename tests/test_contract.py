@@ -293,7 +293,7 @@ def test_keys_follow_the_base_models_files_and_the_bench_machine(
 
     first = bench.external_inputs(recipe)
     real = machine.fingerprint
-    monkeypatch.setattr(machine, "fingerprint", lambda t: {**real(t), "cpu_model": "another CPU"})
+    monkeypatch.setattr(bench, "fingerprint", lambda t: {**real(t), "cpu_model": "another CPU"})
     assert bench.external_inputs(recipe) != first
 
 
@@ -316,7 +316,7 @@ def test_the_cache_contract_on_the_real_stages(tmp_path: Path, monkeypatch: pyte
     from edgesft import machine
     from edgesft.isolate import IsolatedFailure
     from edgesft.models import resolve_model
-    from edgesft.stages import gguf
+    from edgesft.stages import bench, gguf
 
     base = tmp_path / "base"
     shutil.copytree(resolve_model(load_recipe(write_recipe(tmp_path / "tiny"), []).model).path, base)
@@ -362,10 +362,10 @@ def test_the_cache_contract_on_the_real_stages(tmp_path: Path, monkeypatch: pyte
     other = tmp_path / "elsewhere"
     shutil.copytree(tmp_path / "runs", other / "runs")
     real_fingerprint = machine.fingerprint
-    monkeypatch.setattr(machine, "fingerprint", lambda t: {**real_fingerprint(t), "cpu_model": "another CPU"})
+    monkeypatch.setattr(bench, "fingerprint", lambda t: {**real_fingerprint(t), "cpu_model": "another CPU"})
     got = run(other, **two)
     assert {k for k, v in got.items() if v == "ran"} == {"bench"}, got
-    monkeypatch.setattr(machine, "fingerprint", real_fingerprint)
+    monkeypatch.setattr(bench, "fingerprint", real_fingerprint)
 
     weights = base / "model.safetensors"
     raw = bytearray(weights.read_bytes())

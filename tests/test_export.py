@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import write_recipe
+from conftest import QUICK_VERIFY, write_recipe
 
 from edgesft.io import sha256_file
 
@@ -33,7 +33,7 @@ def test_onnx_pipeline_broken_artifact_gate_and_chat(tmp_path: Path) -> None:
     export = {
         "gguf": {"quants": ["Q8_0"]},
         "onnx": {"variants": [{"name": "int4"}, {"name": "int8", "precision": "int8"}]},
-        "verify": {"prompts": 4, "generate_prompts": 1, "generate_tokens": 4},
+        "verify": QUICK_VERIFY,
     }
     recipe = write_recipe(tmp_path, export=export)
     first = _cli(["run", str(recipe)], tmp_path)

@@ -105,9 +105,20 @@ def fake_run(root: Path, gguf: Path, name: str = "run", **changes: Any) -> Path:
     bench = {"machine": {"cpu_model": "test cpu"}, "threads": 1, "artifacts": {"gguf/m.gguf": record}}
     (run / "bench").mkdir()
     (run / "bench" / "bench.json").write_text(json.dumps(bench))
+    from edgesft.io import sha256_file
+
+    # the manifests of the stages that made it: check verifies the file against its recorded sha256
+    gguf_manifest = {
+        "stage": "gguf",
+        "status": "complete",
+        "info": {"source_stage": "merge"},
+        "metrics": {"artifacts": [{"file": "m.gguf", "precision": "Q4_K_M", "status": "ok"}]},
+        "outputs": {"m.gguf": {"sha256": sha256_file(gguf), "size": gguf.stat().st_size}},
+    }
+    (run / "gguf" / "manifest.json").write_text(json.dumps(gguf_manifest))
     (run / "export").mkdir()
     (run / "export" / "manifest.json").write_text(
-        json.dumps({"stage": "export", "info": {"primary": "m.gguf"}})
+        json.dumps({"stage": "export", "status": "complete", "info": {"primary": "m.gguf"}})
     )
     return run
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import (
+    AliasChoices,
     BaseModel,
     ConfigDict,
     Field,
@@ -103,7 +104,8 @@ class SavedArtifact(_Record):
     status: TextOrNull = None
     """The bench stage's verdict ("ok" when measured)."""
     precision: TextOrNull = None
-    size_bytes: NumberOrNull = None
+    size_bytes: NumberOrNull = Field(None, validation_alias=AliasChoices("size_bytes", "file_bytes"))
+    """Bytes on disk (baselines saved before the one size name call it ``file_bytes``)."""
     params: NumberOrNull = None
     fallback_tensors: NumberOrNull = None
     verified: TextOrNull = None

@@ -42,21 +42,27 @@ def artifact_path(run: Path, bench: dict[str, Any], key: str) -> Path:
 
 
 def artifact_facts(run: Path, bench: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The deterministic figures of every artifact in bench.json: status and quality as bench measured them,
-    size, parameters, fallback tensors and the verify verdict as the run's stages recorded them."""
+    """The deterministic figures of every artifact in bench.json, as bench recorded them; a figure bench did
+    not record (parameters of an exported file, say) comes from the run's stage manifests."""
     records = RunFolder(run).artifacts()
     facts: dict[str, dict[str, Any]] = {}
     for key, a in bench["artifacts"].items():
         r = records.get(key)
         quality = a.get("quality") or {}
+
+        def recorded(name: str, a: dict[str, Any] = a, r: Any = r) -> Any:
+            # what bench recorded when it measured, else what the stage manifests hold now
+            value = a.get(name)
+            return value if value is not None or r is None else getattr(r, name)
+
         facts[key] = {
-            "kind": r.kind if r else a.get("kind"),
+            "kind": recorded("kind"),
             "status": a.get("status"),
-            "size_bytes": r.size_bytes if r else None,
-            "precision": r.precision if r else a.get("precision"),
-            "fallback_tensors": r.fallback_tensors if r else None,
-            "params": r.params if r else None,
-            "verified": r.verified if r else None,
+            "size_bytes": recorded("size_bytes"),
+            "precision": recorded("precision"),
+            "fallback_tensors": recorded("fallback_tensors"),
+            "params": recorded("params"),
+            "verified": recorded("verified"),
             "quality": {
                 "val_perplexity": quality.get("val_perplexity"),
                 "kl_mean": quality.get("kl_mean"),

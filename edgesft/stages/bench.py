@@ -166,7 +166,7 @@ def run(recipe: Recipe, inputs: StageInputs, out_dir: Path) -> StageResult:
     }
     latency_cfg = cfg.latency.model_dump()
     records: dict[str, Any] = {}
-    unmeasured: list[str] = []  # measurements that crashed, hung or failed: retried on the next run
+    unmeasured: list[str] = []  # measurements that crashed or hung: retried on the next run
     for t in targets(inputs, cfg.torch):
         path = t.path
         rec: dict[str, Any] = {
@@ -197,7 +197,8 @@ def run(recipe: Recipe, inputs: StageInputs, out_dir: Path) -> StageResult:
             )
         except IsolatedFailure as e:
             rec.update(status={"crash": "crashed", "timeout": "timeout"}.get(e.kind, "failed"), error=str(e))
-            unmeasured.append(t.key)
+            if e.transient:
+                unmeasured.append(t.key)
             print(f"  {t.key}: {rec['status'].upper()}: {e}")
             continue
         rec.update(got)

@@ -109,7 +109,14 @@ def run(recipe: Recipe, inputs: StageInputs, out_dir: Path) -> StageResult:
         except IsolatedFailure as e:
             print(f"  {q}: FAILED: {e}")
             artifacts.append(
-                {"file": dest.name, "format": "gguf", "precision": q, "status": "failed", "error": str(e)}
+                {
+                    "file": dest.name,
+                    "format": "gguf",
+                    "precision": q,
+                    "status": "failed",
+                    "error": str(e),
+                    "transient": e.transient,
+                }
             )
             continue
         r["seconds"] = round(time.perf_counter() - t1, 2)
@@ -124,7 +131,7 @@ def run(recipe: Recipe, inputs: StageInputs, out_dir: Path) -> StageResult:
     return StageResult(
         metrics=metrics,
         info={"artifacts": [a["file"] for a in artifacts if a["status"] == "ok"], "source_stage": source},
-        failures=[a["file"] for a in artifacts if a["status"] != "ok"],
+        failures=[a["file"] for a in artifacts if a.get("transient")],
     )
 
 

@@ -18,6 +18,7 @@ from typing import Any
 from edgesft.config import Recipe
 from edgesft.data import load_rows
 from edgesft.errors import EdgesftError
+from edgesft.isolate import transient
 from edgesft.pipeline import StageInputs, StageResult
 from edgesft.support import SOFT_PROMPT
 
@@ -73,6 +74,7 @@ def run(recipe: Recipe, inputs: StageInputs, out_dir: Path) -> StageResult:
                     "precision": v.precision,
                     "status": "failed",
                     "error": str(e),
+                    "transient": transient(e),
                 }
             )
             continue
@@ -94,5 +96,5 @@ def run(recipe: Recipe, inputs: StageInputs, out_dir: Path) -> StageResult:
     return StageResult(
         metrics=metrics,
         info={"artifacts": [a["file"] for a in artifacts if a["status"] == "ok"], "source_stage": source},
-        failures=[a["file"] for a in artifacts if a["status"] != "ok"],
+        failures=[a["file"] for a in artifacts if a.get("transient")],
     )
