@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import QUICK_LATENCY, write_recipe
+from conftest import QUICK_LATENCY, QUICK_VERIFY, write_recipe
 from families import ARCHITECTURES, family_tokenizer, make_architecture
 
 from edgesft.support import sentencepiece_bos, stage_problem
@@ -82,12 +82,14 @@ def _recipe(folder: Path, base: Path, model_type: str) -> Path:
             "gguf": {"enabled": True, "quants": ["Q8_0", "Q4_K_M"], "keep_float": True, "imatrix": True},
             "onnx": {"enabled": onnx, "variants": [{"name": "int4", "precision": "int4"}]},
             # Random weights have no structure a 4-bit rounding keeps: top-1 flips among near-equal logits
-            # (ONNX int4 ~0.65 at KL 0.015 here), so the KL limit is the 4-bit check; F16 and Q8_0 keep the
-            # stock limits (F16 matches at top-1 1.000, KL 0).
+            # (ONNX int4 ~0.65 at KL 0.015 here), so the KL limit is the 4-bit check. Q8_0 flips a few too
+            # (gemma3_text on CI: top-1 0.941 at KL 0.0004, by the training run's luck), so its top-1 floor is
+            # the pipeline tests' one and its KL limit the stock one; F16 keeps the stock limits (top-1 1.000).
             "verify": {
                 "prompts": 3,
                 "generate_prompts": 1,
                 "generate_tokens": 4,
+                "limits_8bit": QUICK_VERIFY["limits_8bit"],
                 "limits_4bit": {"min_top1": 0.5, "max_kl": 0.2},
             },
         },
