@@ -513,8 +513,12 @@ class ExportConfig(_Section):
     verify: VerifyConfig = Field(default_factory=lambda: VerifyConfig())
     """Parity verification."""
     primary: str | None = None
-    """Artifact the bundle's Modelfile and README lead with (`Q4_K_M`, an ONNX variant name; default: the
-    first GGUF quant)."""
+    """Artifact the bundle's Modelfile and README lead with (`Q4_K_M`, an ONNX variant name). Default: with
+    `max_size_mib`, the verified artifact of lowest mean KL within it; without, the first GGUF quant."""
+    max_size_mib: float | None = Field(None, gt=0.0)
+    """Size budget of the primary artifact in MiB: the primary is picked from the size/KL Pareto front of the
+    artifacts that passed verify (quality first within the budget; the front is recorded in the bundle
+    manifest). No verified artifact within the budget stops the export stage with an error."""
 
 
 class BenchLatency(_Section):

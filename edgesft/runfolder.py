@@ -158,6 +158,49 @@ def choose_primary(records: Iterable[ArtifactRecord], name: str | None = None) -
     return None
 
 
+@dataclass(frozen=True)
+class ParetoChoice:
+    """The primary artifact picked from the size/quality trade-off, and why."""
+
+    chosen: ArtifactRecord
+    front: tuple[ArtifactRecord, ...]
+    """The verified artifacts no other verified one beats on both size and mean KL, smallest first."""
+    reason: str
+
+
+def pareto_primary(records: Iterable[ArtifactRecord], max_size_bytes: int | None) -> ParetoChoice | None:
+    """Quality first within the size budget: among the artifacts that passed verify with a measured size and
+    mean KL (against the model they came from), the lowest KL whose size is within ``max_size_bytes``
+    (ties: the smaller file). None when no verified artifact fits the budget; ``max_size_bytes`` None: no
+    budget, so the lowest KL of all."""
+    measured = [
+        r
+        for r in records
+        if r.status == "ok" and r.verified == "passed" and r.size_bytes is not None and r.kl_mean is not None
+    ]
+
+    def beaten(r: ArtifactRecord) -> bool:
+        return any(
+            o is not r
+            and o.size_bytes <= r.size_bytes  # type: ignore[operator]
+            and o.kl_mean <= r.kl_mean  # type: ignore[operator]
+            and (o.size_bytes, o.kl_mean) != (r.size_bytes, r.kl_mean)
+            for o in measured
+        )
+
+    front = tuple(sorted((r for r in measured if not beaten(r)), key=lambda r: r.size_bytes or 0))
+    fits = [r for r in front if max_size_bytes is None or (r.size_bytes or 0) <= max_size_bytes]
+    if not fits:
+        return None
+    chosen = min(fits, key=lambda r: (r.kl_mean, r.size_bytes))
+    budget = "no size budget" if max_size_bytes is None else f"size budget {max_size_bytes / 2**20:.1f} MiB"
+    reason = (
+        f"lowest mean KL within the {budget}: {chosen.file} (KL {chosen.kl_mean:.4f}, "
+        f"{(chosen.size_bytes or 0) / 2**20:.1f} MiB) of {len(front)} on the size/KL front"
+    )
+    return ParetoChoice(chosen, front, reason)
+
+
 def primary_key(entries: Mapping[str, Mapping[str, Any]], name: str | None) -> str | None:
     """:func:`choose_primary` among bench.json or report.json entries (by key), on their own statuses: the
     key of the primary artifact, None when none is ok. ``name``: the export bundle's recorded primary."""

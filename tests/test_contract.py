@@ -51,6 +51,7 @@ DIRECT: dict[str, set[str]] = {
     "export.verify": {"verify"},
     "export.verify.allow_failures": set(),
     "export.primary": {"export"},
+    "export.max_size_mib": {"export"},
     "bench": {"bench"},
     "bench.check": set(),
 }

@@ -122,3 +122,32 @@ def test_chat_on_a_missing_artifact_is_a_clear_error(tmp_path: Path) -> None:
     shutil.copy(ROOT / "README.md", folder / "README.md")
     out = _cli(["chat", str(folder)], tmp_path, stdin="")
     assert out.returncode == 2 and "not an artifact" in out.stderr
+
+
+def test_the_size_budget_picks_the_primary_from_the_pareto_front() -> None:
+    from edgesft.config import Recipe
+    from edgesft.errors import EdgesftError
+    from edgesft.runfolder import ArtifactRecord
+    from edgesft.stages.export import _primary
+
+    def rec(file: str, mib: float, kl: float) -> ArtifactRecord:
+        kind = "gguf" if file.endswith(".gguf") else "onnx"
+        return ArtifactRecord(
+            key=f"{kind}/{file}", kind=kind, stage=kind, path=Path(file), file=file,
+            size_bytes=int(mib * 2**20), kl_mean=kl, verified="passed",
+        )  # fmt: skip
+
+    made = [rec("m-Q4_K_M.gguf", 81.5, 0.03), rec("m-Q4_0.gguf", 60.0, 0.05), rec("int4", 70.0, 0.04)]
+    chosen, how = _primary(Recipe.model_validate({"export": {"max_size_mib": 64}}), made)
+    assert chosen.file == "m-Q4_0.gguf" and how["rule"] == "pareto"
+    assert [f["file"] for f in how["front"]] == ["m-Q4_0.gguf", "int4", "m-Q4_K_M.gguf"]
+    chosen, _ = _primary(Recipe.model_validate({"export": {"max_size_mib": 75}}), made)
+    assert chosen.file == "int4"
+    # no budget: the first quantized GGUF, as before; a name wins over the budget
+    assert _primary(Recipe.model_validate({}), made)[0].file == "m-Q4_K_M.gguf"
+    named = Recipe.model_validate({"export": {"max_size_mib": 64, "primary": "int4"}})
+    assert _primary(named, made)[0].file == "int4"
+    with pytest.raises(
+        EdgesftError, match=r"export.max_size_mib: no artifact that passed verify is within 50 MiB"
+    ):
+        _primary(Recipe.model_validate({"export": {"max_size_mib": 50}}), made)

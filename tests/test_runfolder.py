@@ -15,7 +15,7 @@ from test_hostile import _one_error_line
 from edgesft.cli import main
 from edgesft.errors import EdgesftError
 from edgesft.pipeline import StageInputs, Upstream, hash_outputs
-from edgesft.runfolder import ArtifactRecord, RunFolder, choose_primary, resolve_artifact
+from edgesft.runfolder import ArtifactRecord, RunFolder, choose_primary, pareto_primary, resolve_artifact
 from edgesft.stages import STAGES, bench, verify
 
 
@@ -145,6 +145,35 @@ def test_one_primary_rule(tmp_path: Path) -> None:
     assert choose_primary(arts.values(), "F16").key == "gguf/m-F16.gguf"
     assert choose_primary(arts.values(), "gone.gguf").key == "gguf/m-Q4_K_M.gguf"
     assert choose_primary([arts["gguf/m-Q2_K.gguf"]]) is None
+
+
+def _rec(file: str, mib: float, kl: float | None, verified: str | None = "passed") -> ArtifactRecord:
+    kind = "onnx" if "." not in file else "gguf"
+    return ArtifactRecord(
+        key=f"{kind}/{file}", kind=kind, stage=kind, path=Path(file), file=file,
+        size_bytes=int(mib * 2**20), kl_mean=kl, verified=verified,
+    )  # fmt: skip
+
+
+def test_pareto_primary_is_the_best_quality_within_the_size_budget() -> None:
+    q8, q4km, q40, int4 = (
+        _rec("Q8_0.gguf", 108, 0.002),
+        _rec("Q4_K_M.gguf", 81, 0.03),
+        _rec("Q4_0.gguf", 60, 0.05),
+        _rec("int4", 70, 0.08),
+    )
+    failed, unmeasured = _rec("Q2_K.gguf", 40, 0.01, "failed"), _rec("Q3_K.gguf", 45, None)
+    records = [q8, q4km, q40, int4, failed, unmeasured]
+    pick = pareto_primary(records, 64 * 2**20)
+    assert pick is not None and pick.chosen is q40
+    # int4 is beaten on both axes by Q4_0; failed and unmeasured artifacts never enter the front
+    assert [r.file for r in pick.front] == ["Q4_0.gguf", "Q4_K_M.gguf", "Q8_0.gguf"]
+    assert pareto_primary(records, 90 * 2**20).chosen is q4km
+    assert pareto_primary(records, None).chosen is q8
+    assert pareto_primary(records, 50 * 2**20) is None
+    # equal KL: the smaller file
+    same = _rec("Q4_0b.gguf", 58, 0.05)
+    assert pareto_primary([q40, same], 64 * 2**20).chosen is same
 
 
 def test_verify_catches_a_changed_byte_missing_file_and_failed_artifact(tmp_path: Path) -> None:

@@ -73,7 +73,7 @@ STAGES: dict[str, StageSpec] = {
     "export": StageSpec(
         name="export",
         run=export.run,
-        sections=("name", "export.primary"),
+        sections=("name", "export.primary", "export.max_size_mib"),
         reads=("data", "gguf", "onnx", "verify"),
         reads_model=True,
         skip=export.skip,

@@ -23,7 +23,14 @@ from edgesft.errors import EdgesftError
 from edgesft.io import atomic_write_text, link_or_copy, link_tree
 from edgesft.models import default_context_length, generation_eos_ids, head_dim
 from edgesft.pipeline import StageInputs, StageResult, last_model_stage
-from edgesft.runfolder import EXPORT_STAGES, ArtifactRecord, RunFolder, choose_primary, find_named
+from edgesft.runfolder import (
+    EXPORT_STAGES,
+    ArtifactRecord,
+    RunFolder,
+    choose_primary,
+    find_named,
+    pareto_primary,
+)
 
 
 def skip(recipe: Recipe, manifests: dict[str, dict[str, Any]]) -> str | None:
@@ -45,7 +52,9 @@ def run(recipe: Recipe, inputs: StageInputs, out_dir: Path) -> StageResult:
         (link_tree if r.path.is_dir() else link_or_copy)(r.path, out_dir / str(r.file))
     entries = [_entry(r) for r in made]
     source = made[-1].source_stage or last_model_stage(inputs.upstream)
-    primary = _primary(recipe, made)
+    primary, choice = _primary(recipe, made)
+    if choice.get("reason"):
+        print(f"  primary: {choice['reason']}", flush=True)
     src_dir = inputs.stage_dir(source)
     tok = AutoTokenizer.from_pretrained(src_dir / inputs.info(source)["model"])
     config = json.loads((src_dir / inputs.info(source)["model"] / "config.json").read_text())
@@ -90,7 +99,12 @@ def run(recipe: Recipe, inputs: StageInputs, out_dir: Path) -> StageResult:
     )
     atomic_write_text(out_dir / "README.md", readme)
     return StageResult(
-        metrics={"source_stage": source, "primary": primary.file, "artifacts": entries},
+        metrics={
+            "source_stage": source,
+            "primary": primary.file,
+            "primary_choice": choice,
+            "artifacts": entries,
+        },
         info={"primary": primary.file, "source_stage": source},
     )
 
@@ -112,14 +126,31 @@ def _entry(r: ArtifactRecord) -> dict[str, Any]:
     }
 
 
-def _primary(recipe: Recipe, made: list[ArtifactRecord]) -> ArtifactRecord:
-    """``export.primary`` (a file name or a precision), else the one rule of :func:`choose_primary`."""
-    want = recipe.export.primary
-    chosen = find_named(made, want) if want is not None else choose_primary(made)
+def _primary(recipe: Recipe, made: list[ArtifactRecord]) -> tuple[ArtifactRecord, dict[str, Any]]:
+    """``export.primary`` (a file name or a precision), else with ``export.max_size_mib`` the Pareto
+    choice (:func:`pareto_primary`), else the one rule of :func:`choose_primary`; with how it was chosen."""
+    want, budget = recipe.export.primary, recipe.export.max_size_mib
+    names = ", ".join(str(r.file) for r in made)
+    if want is not None:
+        chosen = find_named(made, want)
+        if chosen is None:
+            raise EdgesftError(f"export.primary: {want!r} is not among the artifacts ({names})")
+        return chosen, {"rule": "export.primary"}
+    if budget is not None:
+        pick = pareto_primary(made, int(budget * 2**20))
+        if pick is None:
+            sizes = ", ".join(
+                f"{r.file} {_human(r.size_bytes)} ({r.verified or 'not verified'})" for r in made
+            )
+            raise EdgesftError(
+                f"export.max_size_mib: no artifact that passed verify is within {budget:g} MiB ({sizes})"
+            )
+        front = [{"file": r.file, "size_bytes": r.size_bytes, "kl_mean": r.kl_mean} for r in pick.front]
+        return pick.chosen, {"rule": "pareto", "reason": pick.reason, "front": front}
+    chosen = choose_primary(made)
     if chosen is None:
-        names = ", ".join(str(r.file) for r in made)
-        raise EdgesftError(f"export.primary: {want!r} is not among the artifacts ({names})")
-    return chosen
+        raise EdgesftError(f"stage export: no artifact to lead with among {names}")
+    return chosen, {"rule": "first quantized GGUF"}
 
 
 def _row(e: dict[str, Any]) -> str:
