@@ -222,9 +222,10 @@ def score(art: Any, sequences: list[dict[str, Any]], reference_dir: str | None) 
 
 
 def answer_rows(
-    art: Any, rows: list[Any], task: str, max_new_tokens: int
+    art: Any, rows: list[Any], task: str, max_new_tokens: int, schema: str | None = None
 ) -> tuple[dict[str, Any], list[str]]:
-    """Greedy answers in the artifact's runtime, prompted with its own chat template; task metrics."""
+    """Greedy answers in the artifact's runtime, prompted with its own chat template (constrained to
+    ``schema`` by the runtime's own engine, when given); task metrics."""
     from edgesft.chat import prompt_and_answer
     from edgesft.metrics import TASKS
     from edgesft.runtimes import encode_chat
@@ -235,7 +236,7 @@ def answer_rows(
     tokens = 0
     for row in rows:
         prompt, _ = prompt_and_answer(row.messages)
-        new = art.generate(encode_chat(art, prompt), max_new_tokens)
+        new = art.generate(encode_chat(art, prompt), max_new_tokens, schema)
         tokens += len(new)
         if new and new[-1] in stops:
             new = new[:-1]
@@ -246,11 +247,15 @@ def answer_rows(
     return metrics, answers
 
 
-def _torch_answers(art: Any, rows: list[Any], task: str, max_new_tokens: int) -> dict[str, Any]:
+def _torch_answers(
+    art: Any, rows: list[Any], task: str, max_new_tokens: int, schema: str | None = None
+) -> dict[str, Any]:
     """PyTorch's own way: batched ``generate``, as the train/merge/prune stages measure."""
     from edgesft.evaluate import task_metrics
 
-    metrics, _ = task_metrics(art.model, art.tok, rows, task, max_new_tokens, batch_size=32, progress=False)
+    metrics, _ = task_metrics(
+        art.model, art.tok, rows, task, max_new_tokens, batch_size=32, progress=False, schema=schema
+    )
     return metrics
 
 
@@ -273,7 +278,8 @@ def bench_artifact(
     """Run in a child process (:func:`edgesft.isolate.call`): latency then quality of one artifact.
 
     ``quality``: {"sequences": file of scored sequences (JSON), "reference_dir": folder of reference
-    log-probs or null, "test_file": JSONL of test rows, "test_rows": n, "task", "max_new_tokens"}.
+    log-probs or null, "test_file": JSONL of test rows, "test_rows": n, "task", "max_new_tokens", and
+    optionally "schema": the answer schema's text, which greedy answers are constrained to}.
     """
     from edgesft.runtimes import artifact_kind, open_artifact
     from edgesft.runtimes.timing import open_for_timing
@@ -303,10 +309,11 @@ def bench_artifact(
         q = score(art, sequences, quality.get("reference_dir"))
         rows = load_rows(Path(quality["test_file"]))[: quality["test_rows"]]
         if rows:
+            task, limit, schema = quality["task"], quality["max_new_tokens"], quality.get("schema")
             if art.kind == "torch":
-                q["test"] = _torch_answers(art, rows, quality["task"], quality["max_new_tokens"])
+                q["test"] = _torch_answers(art, rows, task, limit, schema)
             else:
-                q["test"], _ = answer_rows(art, rows, quality["task"], quality["max_new_tokens"])
+                q["test"], _ = answer_rows(art, rows, task, limit, schema)
         out["quality"] = q
         art.close()
     return out
@@ -339,16 +346,23 @@ def native_sequences(art: Any, rows: list[Any]) -> list[dict[str, Any]]:
 
 
 def eval_artifact(
-    artifact: str, data_file: str, task: str, max_rows: int | None, max_new_tokens: int, threads: int
+    artifact: str,
+    data_file: str,
+    task: str,
+    max_rows: int | None,
+    max_new_tokens: int,
+    threads: int,
+    schema: str | None = None,
 ) -> dict[str, Any]:
     """``edgesft eval`` on a GGUF file or an ONNX folder (run in a child process): task metrics from greedy
-    answers and answer perplexity, both in the artifact's own runtime."""
+    answers (constrained to ``schema``, the answer schema's text, when given) and answer perplexity, both in
+    the artifact's own runtime."""
     from edgesft.data import ReadReport, read_rows
     from edgesft.runtimes import open_artifact
 
     rows = read_rows([Path(data_file)], "auto", "fail", ReadReport())[:max_rows]
     art = open_artifact(Path(artifact), threads=threads)
-    metrics, answers = answer_rows(art, rows, task, max_new_tokens)
+    metrics, answers = answer_rows(art, rows, task, max_new_tokens, schema)
     sequences = native_sequences(art, rows)
     scored = score(art, sequences, None)
     art.close()

@@ -93,12 +93,23 @@ def _print_run_summary(manifests: dict[str, dict[str, Any]]) -> None:
         print(f"{name:16s} " + " ".join(cells))
 
 
+def _run_schema(path: Path, no_constrain: bool) -> tuple[Path | None, str | None]:
+    """(file, text) of the answer schema that goes with an artifact of a run or bundle (None, None: none,
+    or ``--no-constrain``)."""
+    from edgesft.answer_schema import load_schema, schema_text
+    from edgesft.runfolder import artifact_schema
+
+    found = None if no_constrain else artifact_schema(path)
+    return found, (schema_text(load_schema(found, "answer schema")) if found else None)
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from edgesft.evaluate import evaluate_target
     from edgesft.runfolder import resolve_artifact
 
     # a path is checked against its run's manifests first; anything else is a model name
     target = str(resolve_artifact(args.target)) if Path(args.target).exists() else args.target
+    _, schema = _run_schema(Path(target), args.no_constrain) if Path(target).exists() else (None, None)
     result = evaluate_target(
         target,
         Path(args.data),
@@ -107,6 +118,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size,
         progress=not args.json,
+        schema=schema,
     )
     if args.json:
         print(json.dumps(result, indent=2))
@@ -125,11 +137,13 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
     path = resolve_artifact(args.artifact)
     kind = artifact_kind(path)
+    schema_file, schema = _run_schema(path, args.no_constrain)
     art = open_artifact(path, threads=args.threads)
     stops = set(art.eos_ids())
     interactive = sys.stdin.isatty()
     if interactive:
-        print(f"{path} ({kind}); greedy, {args.max_new_tokens} tokens at most. /reset clears, Ctrl-D quits.")
+        mode = f"constrained to {schema_file} (--no-constrain: free)" if schema_file else "greedy"
+        print(f"{path} ({kind}); {mode}, {args.max_new_tokens} tokens at most. /reset clears, Ctrl-D quits.")
     history: list[dict[str, str]] = [{"role": "system", "content": args.system}] if args.system else []
     start = len(history)
     while True:
@@ -149,7 +163,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
             print(f"error: {e}", file=sys.stderr)
             history.pop()
             continue
-        new = art.generate(prompt, args.max_new_tokens)
+        new = art.generate(prompt, args.max_new_tokens, schema)
         if new and new[-1] in stops:
             new = new[:-1]
         answer = art.detokenize(new).strip()
@@ -289,6 +303,9 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
 
 
+NO_CONSTRAIN = "decode freely, even when the run's data declared an answer schema (data.answer_schema)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="edgesft",
@@ -324,6 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--max-new-tokens", type=_positive_int, default=64)
     e.add_argument("--batch-size", type=int, default=32)
     e.add_argument("--json", action="store_true", help="machine-readable output")
+    e.add_argument("--no-constrain", action="store_true", help=NO_CONSTRAIN)
     e.set_defaults(func=cmd_eval)
 
     c = sub.add_parser("chat", help="chat with an artifact (.gguf, ONNX folder, model folder, export folder)")
@@ -331,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--max-new-tokens", type=_positive_int, default=256)
     c.add_argument("--system", default=None, help="system prompt")
     c.add_argument("--threads", type=int, default=None)
+    c.add_argument("--no-constrain", action="store_true", help=NO_CONSTRAIN)
     c.set_defaults(func=cmd_chat)
 
     rp = sub.add_parser("report", help="rebuild a run's report.json, report.md and report.html (with plots)")

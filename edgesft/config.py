@@ -119,6 +119,10 @@ class DataConfig(_Section):
     """Rows whose assistant turn has fewer characters are dropped as empty."""
     label_key: str | None = None
     """Key of a JSON assistant answer counted per value in the data summary (e.g. `intent`)."""
+    answer_schema: str | None = None
+    """JSON Schema (draft 2020-12) file of the assistant answer, relative to the recipe file. Every row's
+    final answer must match it (a row that does not is malformed: see `on_error`); evaluation, bench, chat
+    and the export bundle's runners constrain greedy decoding to it (`eval.constrained`)."""
     augment: AugmentConfig = Field(default_factory=lambda: AugmentConfig())
     """Augmentation of training rows."""
 
@@ -141,6 +145,9 @@ class LoraSection(_Section):
     """Dropout on the adapter input."""
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
     """Module names to adapt (e.g. [q_proj, v_proj]) or `all-linear`."""
+    rslora: bool = False
+    """Rank-stabilised scaling: the update is scaled by alpha / sqrt(r) instead of alpha / r (peft's
+    `use_rslora`), so a higher rank does not shrink the update's size."""
 
 
 class QuantSection(_Section):
@@ -233,6 +240,10 @@ class EvalConfig(_Section):
     """Evaluate on at most this many test rows (all when absent)."""
     evaluate_base: bool = True
     """Also measure the untuned base model, for comparison."""
+    constrained: bool = True
+    """Constrain greedy decoding to `data.answer_schema` (when the data has one), in every runtime: only
+    tokens that keep the answer valid under the schema can be picked. False decodes freely (to measure the
+    difference)."""
 
 
 class QualityDrop(_Section):
@@ -312,6 +323,37 @@ class WidthPrune(_Section):
     by 256 (the MLP down projection's rows have this width); other widths fall back to other quant types."""
 
 
+class QatConfig(_Section):
+    """Quantization-aware healing: the forward pass sees every weight the export quantizes as that format
+    rounds it (llama.cpp's or onnxruntime's own rules, imitated exactly) and the gradient reaches the float
+    weight unchanged, so healing repairs the quantized model. At the end the weights are put on the grid
+    (`w := dequant(quant(w))`): the saved, measured and exported model is the one healing optimised."""
+
+    format: Literal["none", "q4_0", "q4_k_m", "int4"] = "none"
+    """`q4_0` / `q4_k_m`: the `Q4_0` / `Q4_K_M` GGUF as the gguf stage writes it, with llama.cpp's per-tensor
+    types (the output tensor at Q6_K or Q8_0, half the attn_v/ffn_down at Q6_K in Q4_K_M, the fallbacks of
+    rows not a multiple of 256); `int4`: the int4 ONNX variant with `algorithm: rtn`; `none`: off. Costs a
+    scale search over the model at the start and every `eval_steps`."""
+    importance_rows: int | None = Field(64, ge=1, le=100000)
+    """GGUF formats: training rows of the importance matrix that weights llama.cpp's rounding; set it to
+    `export.gguf.imatrix_rows`, or null when `export.gguf.imatrix` is false. Re-measured on the model
+    being healed at every refresh."""
+    output_type: Literal["Q8_0", "Q6_K", "Q5_0", "Q4_0"] | None = None
+    """GGUF formats: the output tensor's type (the tied embedding's too) that the export asks for this quant
+    type (`export.gguf.output_types` or `output_type`); null: llama.cpp's choice."""
+    block_size: Literal[16, 32, 64, 128, 256] = 32
+    """`int4`: as the ONNX variant's `block_size`."""
+    symmetric: bool = True
+    """`int4`: as the ONNX variant's `symmetric`."""
+    quantize_embedding: bool = True
+    """`int4`: as the ONNX variant's `quantize_embedding` (the LM head is int4 either way)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _format_alone(cls, value: Any) -> Any:
+        return {"format": value} if isinstance(value, str) else value  # `qat: q4_0`
+
+
 class HealConfig(_Section):
     """Short fine-tune that repairs the pruned model."""
 
@@ -342,6 +384,19 @@ class HealConfig(_Section):
     """Validation loss every N steps (the first evaluation is the unhealed pruned model)."""
     early_stopping_patience: int | None = Field(2, ge=1)
     """Stop after this many evaluations without improvement; the best checkpoint is kept."""
+    qat: QatConfig = Field(default_factory=lambda: QatConfig())
+    """Quantization-aware healing for one export format (`qat: q4_0` is short for `qat: {format: q4_0}`)."""
+
+    @model_validator(mode="after")
+    def _qat_needs_plain_weights(self) -> HealConfig:
+        if self.qat.format != "none" and self.method == "none":
+            raise ValueError("qat needs healing: set method to distill or sft, or qat to none")
+        if self.qat.format != "none" and self.params == "lora":
+            raise ValueError(
+                "qat needs params full or freeze: the export quantizes the merged weights, which a LoRA "
+                "adapter's forward pass never computes"
+            )
+        return self
 
 
 class PruneConfig(_Section):
@@ -399,12 +454,26 @@ class GgufConfig(_Section):
     output_type: Literal["Q8_0", "Q6_K", "Q5_0", "Q4_0"] | None = None
     """Type of the output tensor (the token embedding when tied), instead of llama.cpp's choice for the
     quant type (Q6_K, or Q8_0 where rows are not a multiple of 256). Smaller files, at some KL cost."""
+    output_types: dict[GgufQuant, Literal["Q8_0", "Q6_K", "Q5_0", "Q4_0"]] = Field(default_factory=dict)
+    """Per quant type, the output tensor's type instead of `output_type` (e.g. `{Q4_0: Q4_0}` for an
+    all-4-bit Q4_0 beside a Q4_K_M with llama.cpp's choice). Every key must be in `quants`."""
     imatrix: bool = True
     """Compute an importance matrix from calibration rows (PyTorch activations) and quantize with it."""
     imatrix_rows: int = Field(64, ge=1, le=100000)
     """Training rows (prompt and answer) the importance matrix is measured on."""
     threads: int | None = Field(None, ge=1, le=1024)
     """Quantizer threads (default: the physical cores this process may use)."""
+
+    @model_validator(mode="after")
+    def _output_types_name_quants(self) -> GgufConfig:
+        stray = [q for q in self.output_types if q not in self.quants]
+        if stray:
+            raise ValueError(f"output_types: {', '.join(stray)} not in quants ({', '.join(self.quants)})")
+        return self
+
+    def output_type_of(self, quant: str) -> str | None:
+        """The output tensor's type for ``quant`` (None: llama.cpp's choice)."""
+        return self.output_types.get(quant, self.output_type)  # type: ignore[call-overload, no-any-return]
 
 
 class OnnxVariant(_Section):

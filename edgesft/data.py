@@ -13,7 +13,7 @@ import random
 import re
 import string
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -208,15 +208,23 @@ class ReadReport:
 
 
 def normalise(
-    records: Iterable[tuple[str, str, Any]], fmt: str, on_error: str, report: ReadReport
+    records: Iterable[tuple[str, str, Any]],
+    fmt: str,
+    on_error: str,
+    report: ReadReport,
+    check: Callable[[list[dict[str, str]]], str | None] | None = None,
 ) -> list[Row]:
     """Rows from (location for errors, short source, record) triples; malformed records fail the run or
-    are skipped and counted, as ``on_error`` says."""
+    are skipped and counted, as ``on_error`` says. ``check`` (the answer schema's checker) says what is
+    wrong with a row's messages, or None: a row it objects to is malformed too."""
     rows: list[Row] = []
     for where, source, rec in records:
         report.read += 1
         try:
             msgs, kind = to_messages(rec, fmt)
+            problem = check(msgs) if check is not None else None
+            if problem:
+                raise RowError(problem)
         except RowError as e:
             report.malformed += 1
             if on_error == "fail":
@@ -229,18 +237,30 @@ def normalise(
     return rows
 
 
-def read_rows(paths: list[Path], fmt: str, on_error: str, report: ReadReport) -> list[Row]:
-    """Read and normalise rows from files."""
+def read_rows(
+    paths: list[Path],
+    fmt: str,
+    on_error: str,
+    report: ReadReport,
+    check: Callable[[list[dict[str, str]]], str | None] | None = None,
+) -> list[Row]:
+    """Read and normalise rows from files (``check``: see :func:`normalise`)."""
     records = (
         (f"{path}:{lineno}", f"{path.name}:{lineno}", rec)
         for path in paths
         for lineno, rec in read_records(path)
     )
-    return normalise(records, fmt, on_error, report)
+    return normalise(records, fmt, on_error, report, check)
 
 
 def read_hf_dataset(
-    name: str, config: str | None, split: str, fmt: str, on_error: str, report: ReadReport
+    name: str,
+    config: str | None,
+    split: str,
+    fmt: str,
+    on_error: str,
+    report: ReadReport,
+    check: Callable[[list[dict[str, str]]], str | None] | None = None,
 ) -> list[Row]:
     """Rows of a Hugging Face dataset split (needs the network unless it is in the local cache)."""
     try:
@@ -252,7 +272,7 @@ def read_hf_dataset(
             f"data.hf_dataset: cannot load {name!r} split {split!r} ({e.__class__.__name__}: {e})"
         ) from e
     records = ((f"{name}[{split}] row {i}", f"{name}:{i}", dict(rec)) for i, rec in enumerate(ds))
-    return normalise(records, fmt, on_error, report)
+    return normalise(records, fmt, on_error, report, check)
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -60,13 +60,16 @@ def generate_answers(
     batch_size: int,
     progress: bool = True,
     required_prefix: str | None = None,
+    schema: str | None = None,
 ) -> tuple[list[str], dict[str, float]]:
     """Greedy answers to each row's prompt (all turns but the last), batched with left padding.
 
     Prompts are sorted by length so a batch pads little; answers come back in the input order. With
     ``required_prefix``, a row stops as soon as its answer cannot start with it (see :func:`_prefix_guard`).
+    With ``schema`` (JSON Schema text), decoding is constrained to it (:func:`edgesft.answer_schema.
+    logits_processor`): each step's argmax is taken over the tokens that keep the row's answer valid.
     """
-    from transformers import StoppingCriteriaList
+    from transformers import LogitsProcessorList, StoppingCriteriaList
 
     torch = _torch()
     prompts = [encode_chat(tok, prompt_and_answer(r.messages)[0], add_generation_prompt=True) for r in rows]
@@ -89,9 +92,15 @@ def generate_answers(
             ids[j, width - len(p) :] = torch.tensor(p)
             mask[j, width - len(p) :] = 1
         guard = _prefix_guard(tok, width, required_prefix) if required_prefix else None
+        processors = LogitsProcessorList()
+        if schema is not None:
+            from edgesft.answer_schema import logits_processor
+
+            processors.append(logits_processor(tok, schema, len(batch), width, [eos]))
         with torch.inference_mode():
             out = model.generate(
                 stopping_criteria=StoppingCriteriaList([guard] if guard else []),
+                logits_processor=processors,
                 input_ids=ids.to(device),
                 attention_mask=mask.to(device),
                 max_new_tokens=max_new_tokens,
@@ -178,8 +187,9 @@ def task_metrics(
     max_new_tokens: int,
     batch_size: int,
     progress: bool = True,
+    schema: str | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, str]]]:
-    """Task metrics and the per-row predictions on ``rows``."""
+    """Task metrics and the per-row predictions on ``rows`` (decoding constrained to ``schema``, when given)."""
     answers, timing = generate_answers(
         model,
         tok,
@@ -188,6 +198,7 @@ def task_metrics(
         batch_size,
         progress,
         required_prefix="{" if task == "json" else None,
+        schema=schema,
     )
     refs = [prompt_and_answer(r.messages)[1] for r in rows]
     metrics: dict[str, Any] = dict(TASKS[task](answers, refs))
@@ -298,8 +309,10 @@ def evaluate_target(
     max_new_tokens: int = 64,
     batch_size: int = 32,
     progress: bool = True,
+    schema: str | None = None,
 ) -> dict[str, Any]:
-    """``edgesft eval``: task metrics and answer perplexity of a stage folder or a model on a data file."""
+    """``edgesft eval``: task metrics and answer perplexity of a stage folder or a model on a data file
+    (greedy answers constrained to ``schema``, the answer schema's text, when given)."""
     from transformers import AutoTokenizer
 
     from edgesft.chat import prepare_tokenizer
@@ -331,6 +344,7 @@ def evaluate_target(
                 "max_rows": max_rows,
                 "max_new_tokens": max_new_tokens,
                 "threads": default_threads(),
+                "schema": schema,
             },
             timeout=24 * 3600,
         )
@@ -349,6 +363,6 @@ def evaluate_target(
         tok = AutoTokenizer.from_pretrained(resolved.path)
         prepare_tokenizer(tok, None, [])
         kind = resolved.source
-    metrics, samples = task_metrics(model, tok, rows, task, max_new_tokens, batch_size, progress)
+    metrics, samples = task_metrics(model, tok, rows, task, max_new_tokens, batch_size, progress, schema)
     metrics.update(loss_and_perplexity(model, tok, rows, max_length=4096))
     return {"target": target, "kind": kind, "data": str(data_file), "metrics": metrics, "samples": samples}

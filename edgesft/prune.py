@@ -253,6 +253,28 @@ def _blocks(model: Any) -> tuple[Layout, Any]:
     return layout, layers
 
 
+def block_projections(model: Any) -> list[dict[str, tuple[str, Any]]]:
+    """Every decoder block's projections, in block order: llama.cpp's tensor role (``attn_q``, ``attn_k``,
+    ``attn_v`` or a fused ``attn_qkv``, ``attn_output``, ``ffn_gate``, ``ffn_up`` (a fused gate/up projection
+    is llama.cpp's ``ffn_up``) and ``ffn_down``) -> (module name, ``nn.Linear``)."""
+    layout, layers = _blocks(model)
+    qkv = ("attn_qkv",) if layout.fused_qkv else ("attn_q", "attn_k", "attn_v")
+    gate_up = ("ffn_up",) if layout.fused_gate_up else ("ffn_gate", "ffn_up")
+    roles = [
+        *((layout.attention, name, role) for name, role in zip(layout.qkv, qkv, strict=True)),
+        (layout.attention, layout.o, "attn_output"),
+        *((layout.mlp, name, role) for name, role in zip(layout.gate_up, gate_up, strict=True)),
+        (layout.mlp, layout.down, "ffn_down"),
+    ]
+    return [
+        {
+            role: (f"{layout.blocks}.{i}.{parent}.{name}", getattr(getattr(layer, parent), name))
+            for parent, name, role in roles
+        }
+        for i, layer in enumerate(layers)
+    ]
+
+
 def _layers(model: Any) -> Any:
     return _blocks(model)[1]
 

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from edgesft.answer_schema import stage_schema
 from edgesft.config import QualityDrop, Recipe
 from edgesft.data import Row, load_rows
 from edgesft.errors import QualityGateError
@@ -25,6 +26,12 @@ def test_rows(recipe: Recipe, data_dir: Path) -> list[Row]:
     return rows[: recipe.eval.max_rows] if recipe.eval.max_rows else rows
 
 
+def decoding_schema(recipe: Recipe, data_dir: Path) -> str | None:
+    """The answer schema greedy decoding is constrained to: the data stage's, unless ``eval.constrained`` is
+    off (None: decode freely)."""
+    return stage_schema(data_dir) if recipe.eval.constrained else None
+
+
 def measure(
     recipe: Recipe,
     model: Any,
@@ -34,7 +41,8 @@ def measure(
     val_rows: list[Row] | None = None,
     label: str = "model",
 ) -> dict[str, Any]:
-    """Validation loss/perplexity, test-split task metrics (predictions to ``eval_samples.jsonl``)."""
+    """Validation loss/perplexity, test-split task metrics (greedy, constrained as :func:`decoding_schema`
+    says; predictions to ``eval_samples.jsonl``)."""
     e = recipe.eval
     if val_rows is None:
         val_rows = load_rows(data_dir / "val.jsonl")
@@ -46,7 +54,8 @@ def measure(
         out.update(val_loss=v["loss"], val_perplexity=v["perplexity"])
     if rows:
         print(f"  evaluating the {label} on {len(rows)} test rows")
-        m, samples = task_metrics(model, tok, rows, e.task, e.max_new_tokens, e.batch_size)
+        schema = decoding_schema(recipe, data_dir)
+        m, samples = task_metrics(model, tok, rows, e.task, e.max_new_tokens, e.batch_size, schema=schema)
         out["test"] = m
         atomic_write_text(
             out_dir / "eval_samples.jsonl", "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples)

@@ -425,6 +425,35 @@ class RunFolder:
         )
 
 
+def artifact_schema(artifact: Path) -> Path | None:
+    """The answer schema that goes with an artifact (:mod:`edgesft.answer_schema`): the export bundle's copy
+    beside it, or the data stage's of the run it belongs to; checked against the manifest that lists it.
+    None: the artifact belongs to no bundle or run, or its data declared no schema.
+
+    Raises:
+        EdgesftError: the schema file differs from its manifest.
+    """
+    from edgesft.answer_schema import SCHEMA_FILE
+
+    path = Path(artifact).resolve()
+    for folder in [path, *path.parents][:4]:
+        bundle = read_json(folder / MANIFEST) if folder.is_dir() else None
+        if isinstance(bundle, dict) and bundle.get("stage") == "export":
+            files = output_files(bundle, SCHEMA_FILE)
+            if not files:
+                return None
+            check_files(folder, files, "export")
+            return folder / SCHEMA_FILE
+        data = read_json(folder / "data" / MANIFEST)
+        if isinstance(data, dict) and data.get("stage") == "data":
+            files = output_files(data, SCHEMA_FILE)
+            if not files:
+                return None
+            check_files(folder / "data", files, "data")
+            return folder / "data" / SCHEMA_FILE
+    return None
+
+
 def resolve_artifact(target: str | Path) -> Path:
     """The artifact a command-line argument names, checked against the manifest of the stage that wrote it
     when it belongs to a run (size, then sha256 of each of its files, :func:`check_files`).

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,10 +94,9 @@ def pick_dtype(requested: str) -> str:
 # What trains
 
 
-def lora_config(
-    r: int, alpha: int, dropout: float, target_modules: Any, use_dora: bool, new_token_ids: list[int]
-) -> Any:
-    """A causal-LM LoRA (or DoRA) config; rows of ``new_token_ids`` in the input embeddings train too."""
+def lora_config(section: Any, use_dora: bool, new_token_ids: list[int]) -> Any:
+    """A causal-LM LoRA (or DoRA) config from a recipe's ``lora`` section (``r``, ``alpha``, ``dropout``,
+    ``target_modules``, ``rslora``); rows of ``new_token_ids`` in the input embeddings train too."""
     from peft import LoraConfig, TaskType
 
     extra: dict[str, Any] = {}
@@ -104,11 +104,12 @@ def lora_config(
         extra["trainable_token_indices"] = {"embed_tokens": new_token_ids}
     return LoraConfig(
         task_type=TaskType.CAUSAL_LM,
-        r=r,
-        lora_alpha=alpha,
-        lora_dropout=dropout,
-        target_modules=target_modules,
+        r=section.r,
+        lora_alpha=section.alpha,
+        lora_dropout=section.dropout,
+        target_modules=section.target_modules,
         use_dora=use_dora,
+        use_rslora=section.rslora,
         **extra,
     )
 
@@ -309,7 +310,9 @@ class Distillation:
     alpha: float = 0.5
 
 
-def make_trainer_class(distill: Distillation | None = None) -> type:
+def make_trainer_class(
+    distill: Distillation | None = None, before_step: Callable[[int], None] | None = None
+) -> type:
     """Trainer whose loss computes LM-head logits only where a label is set, and that resumes exactly.
 
     On SFT data most positions are prompt tokens that carry no loss, yet the stock causal-LM forward
@@ -319,7 +322,9 @@ def make_trainer_class(distill: Distillation | None = None) -> type:
     forward must run so that gradient-sync hooks fire, and other models keep the stock forward.
 
     With ``distill``, training steps add the KL term against the teacher's logits at the same positions;
-    validation stays the plain SFT loss so that it compares with the train stage's.
+    validation stays the plain SFT loss so that it compares with the train stage's. ``before_step`` is
+    called with the number of optimizer steps done before every training forward pass (quantization-aware
+    healing refreshes its rounding there: :class:`edgesft.qat.FakeQuant`).
 
     Resume: length-grouped batches are shuffled from the data seed and the epoch (see
     :func:`_length_grouped_sampler`), and a run resumed from a checkpoint written after the loop had ended
@@ -359,6 +364,8 @@ def make_trainer_class(distill: Distillation | None = None) -> type:
             return_outputs: bool = False,
             num_items_in_batch: Any = None,
         ) -> Any:
+            if before_step is not None and model.training:
+                before_step(self.state.global_step)
             lm = model.get_base_model() if hasattr(model, "get_base_model") else model
             body: Any = getattr(lm, "model", None)
             head: Any = getattr(lm, "lm_head", None)
@@ -482,11 +489,12 @@ def fit(
     seed: int,
     group_by_length: bool = True,
     distill: Distillation | None = None,
+    before_step: Callable[[int], None] | None = None,
 ) -> Fitted:
     """Run the Trainer over ``train_ds`` with checkpoints in ``work_dir/checkpoints``, validation, early
     stopping and the progress bar. A checkpoint left there by a killed run is resumed: data order, RNG,
     optimizer, scheduler and early-stopping state all continue where they were, so the weights at the end
-    are those of an uninterrupted run."""
+    are those of an uninterrupted run. ``before_step``: see :func:`make_trainer_class`."""
     import torch
     from transformers import EarlyStoppingCallback, TrainingArguments
 
@@ -551,7 +559,7 @@ def fit(
         callbacks.append(
             EarlyStoppingCallback(s.early_stopping_patience, s.early_stopping_threshold)  # type: ignore[arg-type]
         )
-    trainer: Any = make_trainer_class(distill)(
+    trainer: Any = make_trainer_class(distill, before_step)(
         model=model,
         args=args,
         train_dataset=train_ds,  # type: ignore[arg-type]

@@ -257,3 +257,16 @@ def test_validate_refuses_stages_that_cannot_take_the_architecture(
     spm = [f"model.base={mistral}", "export.gguf.enabled=false"]
     assert main(["validate", str(recipe), *spm]) == 2
     assert "onnxruntime-genai 0.18's tokenizer drops the BOS" in capsys.readouterr().err
+
+
+def test_per_quant_output_types_name_quants_they_apply_to() -> None:
+    from edgesft.config import GgufConfig
+
+    g = GgufConfig.model_validate({"quants": ["Q4_0", "Q4_K_M"], "output_types": {"Q4_0": "Q4_0"}})
+    assert (g.output_type_of("Q4_0"), g.output_type_of("Q4_K_M")) == ("Q4_0", None)
+    g = GgufConfig.model_validate(
+        {"quants": ["Q4_0", "Q8_0"], "output_type": "Q6_K", "output_types": {"Q4_0": "Q4_0"}}
+    )
+    assert (g.output_type_of("Q4_0"), g.output_type_of("Q8_0")) == ("Q4_0", "Q6_K")
+    with pytest.raises(ValueError, match="output_types: Q4_0 not in quants"):
+        GgufConfig.model_validate({"quants": ["Q4_K_M"], "output_types": {"Q4_0": "Q4_0"}})

@@ -141,6 +141,7 @@ HINTS: dict[str, list[Any]] = {
     "bench.check.artifacts": [["gguf/x-Q4_K_M.gguf"]],
     "train.lora.target_modules": [["q_proj", "v_proj"]],
     "prune.heal.lora.target_modules": [["q_proj", "v_proj"]],
+    "export.gguf.output_types": [{}, {"Q4_K_M": "Q6_K"}],
 }
 
 
@@ -158,6 +159,8 @@ def _candidates(path: str, value: Any) -> list[Any]:
                 if typing.get_origin(b) is typing.Literal
                 for x in typing.get_args(b)
             ]
+    if isinstance(value, dict):
+        return [{}] if value else []
     if isinstance(value, list):
         out = [value[:-1], value[1:]] if len(value) > 1 else [[]]
         return out + [[*value, x] for x in options if x not in value][:3]
@@ -182,7 +185,8 @@ def _candidates(path: str, value: Any) -> list[Any]:
 
 
 def _leaves(obj: Any, prefix: str = "") -> list[tuple[str, Any]]:
-    if isinstance(obj, dict):
+    # a mapping-valued field (export.gguf.output_types) is one leaf, not a section
+    if isinstance(obj, dict) and not (prefix and typing.get_origin(_annotation(prefix[:-1])) is dict):
         return [leaf for k, v in obj.items() for leaf in _leaves(v, f"{prefix}{k}.")]
     return [(prefix[:-1], obj)]
 

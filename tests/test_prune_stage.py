@@ -61,8 +61,9 @@ def test_prune_and_distillation_heal(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("qat", ["none", "q4_0"])
 def test_heal_killed_at_a_checkpoint_resumes_to_the_same_model(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, qat: str
 ) -> None:
     import os
     import subprocess
@@ -75,7 +76,10 @@ def test_heal_killed_at_a_checkpoint_resumes_to_the_same_model(
 
     monkeypatch.delenv(FAULT_ENV, raising=False)
     # train's only checkpoint (step 3) comes before the heal's first (step 4): the kill is the heal's
-    sections = {"model": {"base": "tiny-llama", "tiny": {"layers": 4, "intermediate": 128}}, "prune": PRUNE}
+    # with quantization-aware healing the resumed run also re-measures its importance matrix and scale
+    # choices at the checkpoint's step, as the straight run did there
+    prune = {**PRUNE, "heal": {**PRUNE["heal"], "qat": qat}}
+    sections = {"model": {"base": "tiny-llama", "tiny": {"layers": 4, "intermediate": 128}}, "prune": prune}
     straight = write_recipe(tmp_path / "straight", train={"max_steps": 3, "eval_steps": 3}, **sections)
     resumed = write_recipe(tmp_path / "resumed", train={"max_steps": 3, "eval_steps": 3}, **sections)
     _run(straight)
@@ -93,6 +97,7 @@ def test_heal_killed_at_a_checkpoint_resumes_to_the_same_model(
     assert not (run_dir / "prune" / "manifest.json").exists()
     heal = _run(resumed)["prune"]["metrics"]["heal"]
     assert heal["resumed_from_step"] == 4
+    assert ("qat" in heal) == (qat != "none")
     for name in ("model/model.safetensors", "heal_loss_curve.json"):
         a, b = tmp_path / "straight" / "runs" / "t" / "prune" / name, run_dir / "prune" / name
         assert sha256_file(a) == sha256_file(b), name

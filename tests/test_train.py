@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from edgesft.config import load_recipe
+from edgesft.config import LoraSection, load_recipe
 from edgesft.io import sha256_file
 from edgesft.pipeline import run_pipeline
 from edgesft.stages import STAGES
@@ -152,7 +152,7 @@ def _resume_case(case: str, work: Path) -> dict[str, Any]:
         distill = None
         if case == "lora_epochs":
             torch.manual_seed(0)
-            model = get_peft_model(model, lora_config(4, 8, 0.1, "all-linear", False, []))
+            model = get_peft_model(model, lora_config(LoraSection(r=4, alpha=8, dropout=0.1), False, []))
         else:
             distill = Distillation(tiny_model("llama", seed=1).requires_grad_(False), 2.0, 0.5)
         loop = {

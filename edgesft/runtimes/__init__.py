@@ -25,8 +25,10 @@ class Artifact(Protocol):
     def logits(self, ids: list[int]) -> Any:
         """Teacher-forced logits, shape (len(ids), vocab), from an empty KV cache."""
 
-    def generate(self, ids: list[int], max_new_tokens: int) -> list[int]:
-        """Greedy continuation of ``ids``; stops after the artifact's end-of-generation token (included)."""
+    def generate(self, ids: list[int], max_new_tokens: int, schema: str | None = None) -> list[int]:
+        """Greedy continuation of ``ids``; stops after the artifact's end-of-generation token (included).
+        With ``schema`` (JSON Schema text), decoding is constrained to answers that match it, by the
+        runtime's own engine (:mod:`edgesft.answer_schema`)."""
 
     def eos_ids(self) -> list[int]:
         """Token ids that end generation in this runtime."""

@@ -127,8 +127,10 @@ class OnnxArtifact:
             rows.append(self._last_logits())
         return np.stack(rows)
 
-    def generate(self, ids: list[int], max_new_tokens: int) -> list[int]:
-        """Greedy continuation through onnxruntime-genai; the EOS token that stopped it is included."""
+    def generate(self, ids: list[int], max_new_tokens: int, schema: str | None = None) -> list[int]:
+        """Greedy continuation through onnxruntime-genai; the EOS token that stopped it is included. With
+        ``schema``, onnxruntime-genai's own guidance (llguidance) constrains it (``set_guidance``), in the
+        compact JSON form the answers are trained in (:func:`edgesft.answer_schema.guidance_text`)."""
         og = self._og
         context = int(self._genai["model"]["context_length"])
         if len(ids) >= context:
@@ -139,6 +141,10 @@ class OnnxArtifact:
         params.set_search_options(
             do_sample=False, num_beams=1, max_length=min(len(ids) + max_new_tokens, context)
         )
+        if schema is not None:
+            from edgesft.answer_schema import guidance_text
+
+            params.set_guidance("json_schema", guidance_text(schema))
         gen = og.Generator(self._model, params)
         gen.append_tokens(np.asarray(ids, dtype=np.int32))
         new: list[int] = []

@@ -59,10 +59,19 @@ class TorchArtifact:
             out = self.model(input_ids=torch.tensor([ids]))
         return out.logits[0].float().numpy().astype(np.float32)
 
-    def generate_with_margins(self, ids: list[int], max_new_tokens: int) -> tuple[list[int], list[float]]:
-        """Greedy tokens and, per step, the gap between the top-2 logits (how close the choice was)."""
+    def generate_with_margins(
+        self, ids: list[int], max_new_tokens: int, schema: str | None = None
+    ) -> tuple[list[int], list[float]]:
+        """Greedy tokens and, per step, the gap between the top-2 logits (how close the choice was; with a
+        ``schema``, of the logits the constraint left)."""
         import torch
+        from transformers import LogitsProcessorList
 
+        processors = LogitsProcessorList()
+        if schema is not None:
+            from edgesft.answer_schema import logits_processor
+
+            processors.append(logits_processor(self.tok, schema, 1, len(ids), self._eos))
         with torch.no_grad():
             out: Any = self.model.generate(
                 input_ids=torch.tensor([ids]),
@@ -73,6 +82,7 @@ class TorchArtifact:
                 pad_token_id=self.tok.pad_token_id if self.tok.pad_token_id is not None else self._eos[0],
                 output_scores=True,
                 return_dict_in_generate=True,
+                logits_processor=processors,
             )
         new = [int(t) for t in out.sequences[0, len(ids) :]]
         margins = []
@@ -81,8 +91,8 @@ class TorchArtifact:
             margins.append(float(top[0] - top[1]))
         return new, margins
 
-    def generate(self, ids: list[int], max_new_tokens: int) -> list[int]:
-        return self.generate_with_margins(ids, max_new_tokens)[0]
+    def generate(self, ids: list[int], max_new_tokens: int, schema: str | None = None) -> list[int]:
+        return self.generate_with_margins(ids, max_new_tokens, schema)[0]
 
     def prefill(self, ids: list[int], max_new_tokens: int) -> None:
         import torch

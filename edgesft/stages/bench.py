@@ -28,6 +28,7 @@ from edgesft.io import atomic_write_json, read_json, save_npy
 from edgesft.isolate import IsolatedFailure, call
 from edgesft.machine import default_threads, fingerprint, machine_info
 from edgesft.pipeline import StageInputs, StageResult
+from edgesft.quality import decoding_schema
 from edgesft.runfolder import EXPORT_STAGES, ArtifactRecord, RunFolder
 from edgesft.support import SOFT_PROMPT
 
@@ -163,6 +164,7 @@ def run(recipe: Recipe, inputs: StageInputs, out_dir: Path) -> StageResult:
         "test_rows": test_rows,
         "task": recipe.eval.task,
         "max_new_tokens": cfg.quality.max_new_tokens or recipe.eval.max_new_tokens,
+        "schema": decoding_schema(recipe, data_dir),  # answers constrained as the model stages measured
     }
     latency_cfg = cfg.latency.model_dump()
     records: dict[str, Any] = {}

@@ -1,7 +1,9 @@
 """Stage ``data``: read, clean, dedup, split and augment the recipe's data; write the run's tokenizer.
 
 Outputs: ``train.jsonl``, ``val.jsonl``, ``test.jsonl`` (normalised chat rows), ``tokenizer/`` (with the
-run's chat template: every later stage and artifact inherits it) and ``summary.json``.
+run's chat template: every later stage and artifact inherits it), ``summary.json`` and, when the recipe
+declares ``data.answer_schema``, the schema's copy ``answer_schema.json`` (every kept row's answer matches it;
+later stages constrain decoding to it).
 """
 
 from __future__ import annotations
@@ -11,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from edgesft import data as D
+from edgesft.answer_schema import SCHEMA_FILE, AnswerChecker, check_compiles, load_schema
 from edgesft.chat import RenderError, encode, encode_conversation, render
 from edgesft.config import Recipe
 from edgesft.errors import DataError
-from edgesft.io import atomic_write_json, sha256_file
+from edgesft.io import atomic_write_json, atomic_write_text, sha256_file
 from edgesft.models import resolve_model, save_tokenizer
 from edgesft.pipeline import StageInputs, StageResult
 
@@ -28,7 +31,21 @@ def external_inputs(recipe: Recipe) -> dict[str, str]:
             out[f"data:{split}:{i}"] = sha256_file(p)
     if recipe.data.hf_dataset:
         out["data:hf"] = f"{recipe.data.hf_dataset}/{recipe.data.hf_config}/{recipe.data.hf_split}"
+    if recipe.data.answer_schema:
+        out["answer_schema"] = sha256_file(_schema_path(recipe))
     return out
+
+
+def _schema_path(recipe: Recipe) -> Path:
+    """The recipe's answer schema file, which must exist (one line naming the field when it does not)."""
+    path = recipe.resolve_path(str(recipe.data.answer_schema))
+    try:
+        found = path.is_file()
+    except OSError:
+        found = False
+    if not found:
+        raise DataError(f"data.answer_schema: file not found: {path}")
+    return path
 
 
 def load_run_tokenizer(recipe: Recipe, model_path: Path) -> tuple[Any, dict[str, Any]]:
@@ -47,16 +64,24 @@ def run(recipe: Recipe, inputs: StageInputs, out_dir: Path) -> StageResult:
     model = resolve_model(recipe.model, recipe._base_dir)
     tok, tok_changes = load_run_tokenizer(recipe, model.path)
     files = D.data_files(cfg, recipe.resolve_path)
+    schema_path = _schema_path(recipe) if cfg.answer_schema else None
+    check = None
+    if schema_path is not None:
+        schema = load_schema(schema_path)
+        check_compiles(schema, tok, str(schema_path))
+        check = AnswerChecker(schema, schema_path.name)
 
     read: dict[str, D.ReadReport] = {s: D.ReadReport() for s in ("train", "val", "test")}
     if cfg.hf_dataset:
         train = D.read_hf_dataset(
-            cfg.hf_dataset, cfg.hf_config, cfg.hf_split, cfg.format, cfg.on_error, read["train"]
+            cfg.hf_dataset, cfg.hf_config, cfg.hf_split, cfg.format, cfg.on_error, read["train"], check
         )
     else:
-        train = D.read_rows(files["train"], cfg.format, cfg.on_error, read["train"])
-    val = D.read_rows(files["val"], cfg.format, cfg.on_error, read["val"]) if "val" in files else []
-    test = D.read_rows(files["test"], cfg.format, cfg.on_error, read["test"]) if "test" in files else []
+        train = D.read_rows(files["train"], cfg.format, cfg.on_error, read["train"], check)
+    val = D.read_rows(files["val"], cfg.format, cfg.on_error, read["val"], check) if "val" in files else []
+    test = (
+        D.read_rows(files["test"], cfg.format, cfg.on_error, read["test"], check) if "test" in files else []
+    )
 
     dropped: dict[str, Counter[str]] = {s: Counter() for s in ("train", "val", "test")}
     train = D.dedup(
@@ -116,6 +141,8 @@ def run(recipe: Recipe, inputs: StageInputs, out_dir: Path) -> StageResult:
     D.write_rows(out_dir / "val.jsonl", val)
     D.write_rows(out_dir / "test.jsonl", test)
     save_tokenizer(tok, out_dir / "tokenizer", model.path)
+    if schema_path is not None:
+        atomic_write_text(out_dir / SCHEMA_FILE, schema_path.read_text(encoding="utf-8"))
 
     probe = render(tok, [{"role": "user", "content": "x"}], add_generation_prompt=True)
     summary = {
@@ -127,6 +154,7 @@ def run(recipe: Recipe, inputs: StageInputs, out_dir: Path) -> StageResult:
         "dropped": {s: dict(c) for s, c in dropped.items()},
         "truncated": dict(truncated),
         "augmented_added": len(augmented),
+        "answer_schema": str(schema_path) if schema_path is not None else None,
         "kept": {"train": len(train), "val": len(val), "test": len(test)},
         "overlap_with_train": {"val": overlap_val, "test": overlap_test},
         "token_lengths": {s: D.length_histogram(v) for s, v in lengths.items()},
@@ -163,6 +191,8 @@ def _print_summary(s: dict[str, Any]) -> None:
     )
     if dropped:
         print(f"  dropped: {dropped}")
+    if s["answer_schema"]:
+        print(f"  every kept answer matches {s['answer_schema']}")
     skipped = sum(r["malformed_skipped"] for r in s["read"].values())
     if skipped:
         print(f"  malformed rows skipped: {skipped} (first: {s['malformed_examples'][0]})")

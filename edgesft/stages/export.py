@@ -2,7 +2,9 @@
 
 Hard links (copies where links fail) of every GGUF and ONNX artifact, an Ollama ``Modelfile`` for the
 primary GGUF, a ``README.md`` with the exact commands for llama.cpp, llama-cpp-python, Ollama and
-onnxruntime-genai plus Android/iOS notes, and the runner scripts from ``export/templates``. The stage's
+onnxruntime-genai plus Android/iOS notes, and the runner scripts from ``export/templates``. When the data
+declared an answer schema: its copy ``answer_schema.json`` and, beside a GGUF, ``answer.gbnf`` (the schema as
+a llama.cpp grammar); the runners constrain answers to them by default. The stage's
 ``manifest.json`` is the bundle manifest: sha256 and size of every file (``outputs``) and, per artifact, its
 precision, size, verification status and parity figures (``metrics.artifacts``).
 """
@@ -17,10 +19,12 @@ from typing import Any
 
 from edgesft import __version__
 from edgesft import prompt as prompt_module
+from edgesft.answer_schema import GRAMMAR_FILE, SCHEMA_FILE, schema_text
 from edgesft.bundle import TEMPLATES, check_modelfile, fill, modelfile
 from edgesft.config import Recipe
 from edgesft.errors import EdgesftError
 from edgesft.io import atomic_write_text, link_or_copy, link_tree
+from edgesft.isolate import call
 from edgesft.models import default_context_length, generation_eos_ids, head_dim
 from edgesft.pipeline import StageInputs, StageResult, last_model_stage
 from edgesft.runfolder import (
@@ -80,6 +84,7 @@ def run(recipe: Recipe, inputs: StageInputs, out_dir: Path) -> StageResult:
         # The runners build prompts as edgesft does (message text never forges a control token) with the
         # same standard-library module, shipped beside them.
         shutil.copy2(Path(prompt_module.__file__), out_dir / "edgesft_prompt.py")
+    schema_notes = _ship_schema(inputs.stage_dir("data") / SCHEMA_FILE, out_dir, gguf_name, recipe.name)
     n_kv = int(config.get("num_key_value_heads") or config["num_attention_heads"])
     kv_per_token = 2 * int(config["num_hidden_layers"]) * n_kv * head_dim(config) * 2
     quality = inputs.upstream[source].get("metrics", {})
@@ -96,6 +101,7 @@ def run(recipe: Recipe, inputs: StageInputs, out_dir: Path) -> StageResult:
         context_length=ctx,
         kv_bytes_per_token=kv_per_token,
         kv_mib=f"{kv_per_token * ctx / 2**20:.0f}",
+        schema_notes=schema_notes,
     )
     atomic_write_text(out_dir / "README.md", readme)
     return StageResult(
@@ -107,6 +113,27 @@ def run(recipe: Recipe, inputs: StageInputs, out_dir: Path) -> StageResult:
         },
         info={"primary": primary.file, "source_stage": source},
     )
+
+
+def _ship_schema(source: Path, out_dir: Path, gguf_name: str | None, name: str | None) -> str:
+    """Copy the data's answer schema into the bundle and, with a GGUF, write its llama.cpp grammar; return
+    the README's section on them ("" without a schema)."""
+    if not source.is_file():
+        return ""
+    shutil.copy2(source, out_dir / SCHEMA_FILE)
+    if gguf_name:
+        text = schema_text(json.loads(source.read_text(encoding="utf-8")))
+        try:  # llama-cpp-python's converter; it imports llama.cpp, which runs in a child process only
+            grammar = call("edgesft.answer_schema:gbnf", {"schema": text}, timeout=300)
+        except EdgesftError as e:
+            raise EdgesftError(
+                f"stage export: cannot write {SCHEMA_FILE} as a llama.cpp grammar: {e}"
+            ) from None
+        atomic_write_text(out_dir / GRAMMAR_FILE, str(grammar) + "\n")
+    notes = fill("schema.md.tmpl")
+    if gguf_name:
+        notes += fill("schema_gguf.md.tmpl", gguf=gguf_name, name=name or "model")
+    return notes + "\n"
 
 
 def _entry(r: ArtifactRecord) -> dict[str, Any]:

@@ -103,7 +103,7 @@ def run(recipe: Recipe, inputs: StageInputs, out_dir: Path) -> StageResult:
                     "qtype": q,
                     "imatrix": str(imatrix) if imatrix else None,
                     "threads": threads,
-                    "output_type": g.output_type,
+                    "output_type": g.output_type_of(q),
                 },
             )
         except IsolatedFailure as e:

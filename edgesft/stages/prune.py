@@ -5,7 +5,8 @@ smaller dense model with one layer shape: llama.cpp and onnxruntime run it faste
 exporters (which assume a uniform layer config) accept it. Importance is measured on calibration rows from the
 training split (:mod:`edgesft.prune`). Healing runs the shared training loop (:func:`edgesft.training.fit`):
 distillation from the unpruned model (KL on answer-position logits) mixed with the SFT loss, or SFT alone,
-with validation, early stopping and exact checkpoint resume.
+with validation, early stopping and exact checkpoint resume; with ``prune.heal.qat`` the healing forward pass
+sees the weights as one export format rounds them (:mod:`edgesft.qat`).
 
 Outputs: ``model/`` (safetensors + tokenizer), ``tokenizer/``, ``heal_loss_curve.json``,
 ``eval_samples.jsonl``.
@@ -26,6 +27,7 @@ from edgesft.machine import peak_memory_mb, set_threads
 from edgesft.models import save_tokenizer
 from edgesft.pipeline import StageInputs, StageResult, last_model_stage
 from edgesft.prune import param_counts
+from edgesft.qat import FakeQuant, plan
 from edgesft.quality import measure
 from edgesft.training import (
     Distillation,
@@ -108,7 +110,7 @@ def heal(
         from peft import get_peft_model
 
         c = h.lora
-        model = get_peft_model(model, lora_config(c.r, c.alpha, c.dropout, c.target_modules, False, []))
+        model = get_peft_model(model, lora_config(c, False, []))
     else:
         for p in model.parameters():
             p.requires_grad = True
@@ -122,22 +124,68 @@ def heal(
     train_ds = encode_rows(train_rows, tok, d.max_length, d.train_on_prompt, d.packing)
     val_ds = encode_rows(val_rows, tok, d.max_length, d.train_on_prompt, False)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    qat = fake_quant(recipe, model, tok, train_rows) if h.qat.format != "none" else None
     fitted = fit(
-        settings, model, tok, train_ds, val_ds, work_dir, out_dir, recipe.seed, not d.packing, distill
+        settings,
+        model,
+        tok,
+        train_ds,
+        val_ds,
+        work_dir,
+        out_dir,
+        recipe.seed,
+        not d.packing,
+        distill,
+        before_step=qat.on_step if qat else None,
     )
     atomic_write_json(out_dir / "heal_loss_curve.json", loss_curve(fitted.state))
     model = fitted.model
+    extra: dict[str, Any] = {}
+    if qat is not None:
+        # the weights go onto the format's grid: what is saved, measured and exported is the model healing
+        # optimised (the float weights behind the fake quantization measured 6 points of exact-match lower on
+        # the phone recipe: 48.5% against 54.8% tuned)
+        snapped = qat.snap()
+        qat.detach()
+        extra["qat"] = {"format": h.qat.format, "snapped_tensors": snapped, **qat.summary()}
     if h.params == "lora":
         model = model.merge_and_unload()
     model.eval()
-    return model, {"method": h.method, "params": h.params, "params_trainable": trainable, **fitted.metrics}
+    return model, {
+        "method": h.method,
+        "params": h.params,
+        "params_trainable": trainable,
+        **fitted.metrics,
+        **extra,
+    }
+
+
+def fake_quant(recipe: Recipe, model: Any, tok: Any, train_rows: list[Row]) -> FakeQuant:
+    """Quantization-aware healing as ``prune.heal.qat`` says, attached to ``model``: the importance matrix
+    is measured on the training rows the gguf stage takes for its own (the same seed and count) in batches of
+    8 as there, and the rounding is refreshed at every evaluation (the healing loop's checkpoints)."""
+    h = recipe.prune.heal
+    q = h.qat
+    n = q.importance_rows if q.format != "int4" else None
+    uses = plan(
+        model, q.format, n is not None, q.block_size, q.symmetric, q.quantize_embedding, q.output_type
+    )
+    batches: list[dict[str, Any]] = []
+    if n is not None:
+        rows = random.Random(recipe.seed).sample(train_rows, min(n, len(train_rows)))
+        batches = calibration_batches(tok, rows, recipe.data.max_length, batch_size=8)
+    qat = FakeQuant(model, uses, batches, h.eval_steps, q.block_size, q.symmetric)
+    t0 = time.perf_counter()
+    qat.attach()
+    print(
+        f"  qat {q.format}: {len(uses)} weight reads fake-quantized, first search {time.perf_counter() - t0:.1f}s"
+    )
+    return qat
 
 
 def run(recipe: Recipe, inputs: StageInputs, out_dir: Path) -> StageResult:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
-
-    from edgesft import prune as surgery
 
     p, d = recipe.prune, recipe.data
     source = last_model_stage(inputs.upstream)
@@ -152,16 +200,7 @@ def run(recipe: Recipe, inputs: StageInputs, out_dir: Path) -> StageResult:
     calib = random.Random(recipe.seed).sample(train_rows, min(p.calibration_rows, len(train_rows)))
     batches = calibration_batches(tok, calib, d.max_length)
 
-    plan = surgery.plan_pruning(
-        model.config,
-        target_fraction=p.target_fraction,
-        target_params=p.target_params,
-        depth_layers=p.depth.layers,
-        depth=p.depth.method != "none",
-        mlp=p.width.mlp,
-        kv_groups=p.width.kv_groups,
-        multiple=p.width.multiple,
-    )
+    plan = pruning_plan(model.config, p)
     t0 = time.perf_counter()
     record = apply_plan(model, recipe, batches, plan)
     prune_s = time.perf_counter() - t0
@@ -193,4 +232,20 @@ def run(recipe: Recipe, inputs: StageInputs, out_dir: Path) -> StageResult:
     return StageResult(
         metrics=metrics,
         info={"model": "model", "tokenizer": "tokenizer", "dtype": "float32", "source_stage": source},
+    )
+
+
+def pruning_plan(config: Any, p: Any) -> Any:
+    """What the ``prune`` section ``p`` removes from a model with this config."""
+    from edgesft import prune as surgery
+
+    return surgery.plan_pruning(
+        config,
+        target_fraction=p.target_fraction,
+        target_params=p.target_params,
+        depth_layers=p.depth.layers,
+        depth=p.depth.method != "none",
+        mlp=p.width.mlp,
+        kv_groups=p.width.kv_groups,
+        multiple=p.width.multiple,
     )

@@ -26,7 +26,7 @@ from edgesft.machine import peak_memory_mb, set_threads
 from edgesft.models import cache_root, save_tokenizer
 from edgesft.pipeline import StageInputs, StageResult, code_identity, is_main, library_identity, world
 from edgesft.prune import param_counts
-from edgesft.quality import measure, test_rows
+from edgesft.quality import decoding_schema, measure, test_rows
 from edgesft.training import (
     LoopSettings,
     encode_rows,
@@ -43,8 +43,7 @@ from edgesft.training import (
 
 
 def _lora(cfg: TrainConfig, use_dora: bool, new_token_ids: list[int]) -> Any:
-    c = cfg.lora
-    return lora_config(c.r, c.alpha, c.dropout, c.target_modules, use_dora, new_token_ids)
+    return lora_config(cfg.lora, use_dora, new_token_ids)
 
 
 def _load_base(base: Path, tok: Any, quant: Any = None) -> tuple[Any, list[int]]:
@@ -274,6 +273,7 @@ def _base_quality(
 ) -> dict[str, Any]:
     """The untuned base model's figures, cached across runs (they only change with model, data or template)."""
     e = recipe.eval
+    schema = decoding_schema(recipe, inputs.stage_dir("data"))
     key = sha256_json(
         {
             "base": inputs.info("data")["base_identity"],
@@ -281,6 +281,7 @@ def _base_quality(
             "val": [r.messages for r in val_rows],
             "test": [r.messages for r in test_rows],
             "eval": e.model_dump(),
+            "schema": schema,
             "max_length": recipe.data.max_length,
             # the figures are the evaluation code's and the libraries' as much as the model's
             "code": code_identity("edgesft.evaluate"),
@@ -298,6 +299,8 @@ def _base_quality(
         v = loss_and_perplexity(model, tok, val_rows, recipe.data.max_length)
         out.update(val_loss=v["loss"], val_perplexity=v["perplexity"])
     if test_rows:
-        out["test"], _ = task_metrics(model, tok, test_rows, e.task, e.max_new_tokens, e.batch_size)
+        out["test"], _ = task_metrics(
+            model, tok, test_rows, e.task, e.max_new_tokens, e.batch_size, schema=schema
+        )
     atomic_write_json(cache, out)
     return out

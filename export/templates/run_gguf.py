@@ -1,16 +1,21 @@
-"""Chat with a GGUF in llama-cpp-python (greedy). Usage: python run_gguf.py MODEL.gguf
+"""Chat with a GGUF in llama-cpp-python (greedy). Usage: python run_gguf.py MODEL.gguf [--no-constrain]
 
 Prompts are built the way edgesft trained and verified the model: the file's own chat template, and message
 text kept as text (edgesft_prompt.py beside this script), so typing "<|im_start|>system" cannot forge a turn.
+When the bundle has answer.gbnf (the answer's JSON Schema as a llama.cpp grammar), every answer is
+constrained to it; --no-constrain decodes freely.
 """
 
-import sys
+import argparse
+from pathlib import Path
 from typing import Any
 
 import llama_cpp
 from edgesft_prompt import prompt_ids as build_prompt
-from llama_cpp import Llama
+from llama_cpp import Llama, LlamaGrammar
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+GRAMMAR = Path(__file__).resolve().parent / "answer.gbnf"
 
 
 def control_tokens(llm: Llama) -> list[str]:
@@ -42,8 +47,20 @@ def prompt_ids(llm: Llama, messages: list[dict[str, str]], specials: list[str]) 
     )
 
 
+def answer_grammar(constrain: bool) -> Any:
+    """The bundle's answer grammar (None: no answer.gbnf, or --no-constrain)."""
+    if not constrain or not GRAMMAR.is_file():
+        return None
+    return LlamaGrammar.from_file(GRAMMAR, verbose=False)
+
+
 def main() -> None:
-    llm = Llama(model_path=sys.argv[1], n_ctx=2048, verbose=False)
+    parser = argparse.ArgumentParser(description="greedy chat with a GGUF file")
+    parser.add_argument("model", help="the .gguf file")
+    parser.add_argument("--no-constrain", action="store_true", help="ignore answer.gbnf: decode freely")
+    args = parser.parse_args()
+    llm = Llama(model_path=args.model, n_ctx=2048, verbose=False)
+    grammar = answer_grammar(not args.no_constrain)
     specials = control_tokens(llm)
     history: list[Any] = []
     while True:
@@ -53,7 +70,7 @@ def main() -> None:
             break
         history.append({"role": "user", "content": text})
         out: Any = llm.create_completion(
-            prompt=prompt_ids(llm, history, specials), temperature=0, max_tokens=256
+            prompt=prompt_ids(llm, history, specials), temperature=0, max_tokens=256, grammar=grammar
         )
         answer = out["choices"][0]["text"].strip()
         print(answer)

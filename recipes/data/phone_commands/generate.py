@@ -6,7 +6,8 @@ Task: parse a short spoken/typed phone command into one compact JSON object
 full contract.
 
 Running ``python recipes/data/phone_commands/generate.py`` rewrites
-``train.jsonl``, ``val.jsonl`` and ``test.jsonl`` next to this file.  The
+``train.jsonl``, ``val.jsonl`` and ``test.jsonl`` next to this file, and
+``schema.json``: the answer's JSON Schema, made from the contract's constants.  The
 output is byte-identical across runs: seeded ``random.Random`` streams drive
 every choice, all pools are lists (never iterated sets), and rows are written
 in a seeded shuffle order.
@@ -114,6 +115,65 @@ def assistant_json(intent: str, slots: dict) -> str:
     ordered = {k: slots[k] for k in SLOT_ORDER[intent] if k in slots}
     return json.dumps({"intent": intent, "slots": ordered},
                       separators=(",", ":"), ensure_ascii=False)
+
+
+# The same contract as a JSON Schema (schema.json, written beside the splits): what a recipe's
+# data.answer_schema names, and what a constrained decoder follows. Slot properties come in SLOT_ORDER, the
+# order the model was trained on, because constrained decoders emit properties in schema order.
+SCHEMA_FILE = "schema.json"
+FREE_TEXT_MAX_CHARS = 80  # a bound, so that a constrained decoder always ends a free-text slot
+EXACTLY_ONE_SLOT = {"set_volume": ["level", "direction"]}  # one of these, never both, never neither
+
+
+def slot_schema(key: str) -> dict:
+    """The JSON Schema of one slot's value (what validate_row checks, as far as a schema can say)."""
+    if key in FREE_TEXT_SLOTS:
+        return {"type": "string", "minLength": 1, "maxLength": FREE_TEXT_MAX_CHARS}
+    fixed = {
+        "time": {"type": "string", "pattern": "^([01][0-9]|2[0-3]):[0-5][0-9]$"},  # TIME_RE, ASCII digits
+        "day": {"enum": DAY_VALUES},
+        "seconds": {"type": "integer", "minimum": 1},
+        "setting": {"enum": SETTINGS},
+        "state": {"enum": STATES},
+        "level": {"type": "integer", "minimum": 0, "maximum": 100},
+        "direction": {"enum": DIRECTIONS},
+    }
+    return fixed[key]
+
+
+def _slots_object(keys: list[str], required: list[str]) -> dict:
+    return {
+        "type": "object",
+        "properties": {k: slot_schema(k) for k in keys},
+        "required": list(required),
+        "additionalProperties": False,
+    }
+
+
+def answer_schema() -> dict:
+    """The assistant answer's JSON Schema (draft 2020-12): one ``anyOf`` branch per intent."""
+    branches = []
+    for intent in INTENTS:
+        if intent in EXACTLY_ONE_SLOT:
+            slots = {"anyOf": [_slots_object([k], [k]) for k in EXACTLY_ONE_SLOT[intent]]}
+        else:
+            slots = _slots_object(SLOT_ORDER[intent], REQUIRED_SLOTS[intent])
+        branches.append({
+            "type": "object",
+            "properties": {"intent": {"const": intent}, "slots": slots},
+            "required": ["intent", "slots"],
+            "additionalProperties": False,
+        })
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "phone_commands answer",
+        "description": "Written by generate.py from its contract (SLOT_ORDER, REQUIRED_SLOTS, value sets).",
+        "anyOf": branches,
+    }
+
+
+def schema_bytes() -> bytes:
+    return (json.dumps(answer_schema(), indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -1848,6 +1908,7 @@ def write_splits(splits: dict[str, list[dict]]) -> None:
         for row in rows:
             validate_row(row)
         (OUT_DIR / f"{split}.jsonl").write_bytes(split_bytes(rows))
+    (OUT_DIR / SCHEMA_FILE).write_bytes(schema_bytes())
 
 
 def report(splits: dict[str, list[dict]]) -> None:
@@ -1861,6 +1922,7 @@ def report(splits: dict[str, list[dict]]) -> None:
     for split in splits:
         digest = hashlib.sha256((OUT_DIR / f"{split}.jsonl").read_bytes()).hexdigest()
         print(f"sha256 {split}.jsonl {digest}")
+    print(f"sha256 {SCHEMA_FILE} {hashlib.sha256((OUT_DIR / SCHEMA_FILE).read_bytes()).hexdigest()}")
 
 
 def main() -> int:
