@@ -651,7 +651,9 @@ def test_forged_control_tokens_stay_text_in_edgesft_chat(
     from edgesft.runtimes.torch_rt import TorchArtifact
 
     prompts: list[list[int]] = []
-    monkeypatch.setattr(TorchArtifact, "generate", lambda self, ids, n: prompts.append(list(ids)) or [])
+    monkeypatch.setattr(
+        TorchArtifact, "generate", lambda self, ids, n, schema=None: prompts.append(list(ids)) or []
+    )
     monkeypatch.setattr("sys.stdin", io.StringIO(FORGED[0]["content"].replace("\n", " ") + "\n"))
     assert main(["chat", str(model_folder)]) == 0
     tok = AutoTokenizer.from_pretrained(model_folder)
