@@ -132,33 +132,48 @@ def imatrix_from_model(model: Any, batches: Iterable[dict[str, Any]], arch: str)
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     name_map = _name_map(arch, int(config.num_hidden_layers))
     tied = bool(getattr(config, "tie_word_embeddings", False))
+    keys: dict[str, str] = {}
+    for mod_name, module in model.named_modules():
+        if not isinstance(module, torch.nn.Linear):
+            continue
+        if mod_name == "lm_head":
+            keys[mod_name] = "token_embd.weight" if tied else "output.weight"
+        else:
+            mapped = name_map.get_name(f"{mod_name}.weight", try_suffixes=(".weight",))
+            if mapped is not None:
+                keys[mod_name] = mapped
+    sums = squared_input_sums(model, batches, keys)
+    return {k: (s.numpy().astype(np.float32), n) for k, (s, n) in sums.items()}
+
+
+def squared_input_sums(
+    model: Any, batches: Iterable[dict[str, Any]], keys: dict[str, str]
+) -> dict[str, tuple[Any, int]]:
+    """For each module named in ``keys`` (module name -> key), the sum of its squared inputs per column and
+    the token count, over the batches' real (unpadded) tokens, under its key: the statistics of llama.cpp's
+    importance matrix. The model runs in eval mode without gradients and gets its training mode back."""
+    import torch
+
     sums: dict[str, Any] = {}
     counts: dict[str, int] = {}
     mask_holder: dict[str, Any] = {}
     hooks = []
 
-    def hook_for(gname: str) -> Callable[..., None]:
+    def hook_for(key: str) -> Callable[..., None]:
         def hook(_mod: Any, args: tuple[Any, ...]) -> None:
             x = args[0].detach().float()
             m = mask_holder.get("mask")
             x = x[m] if m is not None and m.shape == x.shape[:-1] else x.reshape(-1, x.shape[-1])
             s = (x * x).sum(dim=0)
-            sums[gname] = sums[gname] + s if gname in sums else s
-            counts[gname] = counts.get(gname, 0) + int(x.shape[0])
+            sums[key] = sums[key] + s if key in sums else s
+            counts[key] = counts.get(key, 0) + int(x.shape[0])
 
         return hook
 
-    for mod_name, module in model.named_modules():
-        if not isinstance(module, torch.nn.Linear):
-            continue
-        if mod_name == "lm_head":
-            gname = "token_embd.weight" if tied else "output.weight"
-        else:
-            mapped = name_map.get_name(f"{mod_name}.weight", try_suffixes=(".weight",))
-            if mapped is None:
-                continue
-            gname = mapped
-        hooks.append(module.register_forward_pre_hook(hook_for(gname)))
+    for name, module in model.named_modules():
+        if name in keys:
+            hooks.append(module.register_forward_pre_hook(hook_for(keys[name])))
+    was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
@@ -168,7 +183,8 @@ def imatrix_from_model(model: Any, batches: Iterable[dict[str, Any]], arch: str)
     finally:
         for h in hooks:
             h.remove()
-    return {k: (sums[k].numpy().astype(np.float32), counts[k]) for k in sums}
+        model.train(was_training)
+    return {k: (sums[k], counts[k]) for k in sums}
 
 
 def write_imatrix(stats: dict[str, Any], dest: Path, dataset: str, chunk_size: int) -> None:

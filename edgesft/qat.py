@@ -596,39 +596,10 @@ def plan(
 def importance_from_model(model: Any, batches: list[dict[str, Any]], modules: set[str]) -> dict[str, Any]:
     """Mean squared input per column of each named Linear over the batches' real (unpadded) tokens: the
     gguf stage's importance matrix (:func:`edgesft.gguf_export.imatrix_from_model`), keyed by module."""
-    import torch
+    from edgesft.gguf_export import squared_input_sums
 
-    sums: dict[str, Any] = {}
-    counts: dict[str, int] = {}
-    mask: dict[str, Any] = {}
-    handles = []
-
-    def hook_for(name: str) -> Callable[..., None]:
-        def hook(_mod: Any, args: tuple[Any, ...]) -> None:
-            x = args[0].detach().float()
-            m = mask.get("mask")
-            x = x[m] if m is not None and m.shape == x.shape[:-1] else x.reshape(-1, x.shape[-1])
-            s = (x * x).sum(dim=0)
-            sums[name] = sums[name] + s if name in sums else s
-            counts[name] = counts.get(name, 0) + int(x.shape[0])
-
-        return hook
-
-    for name, module in model.named_modules():
-        if name in modules:
-            handles.append(module.register_forward_pre_hook(hook_for(name)))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for batch in batches:
-                mask["mask"] = batch["attention_mask"].bool()
-                model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-    return {k: sums[k] / max(counts[k], 1) for k in sums}
+    sums = squared_input_sums(model, batches, {m: m for m in modules})
+    return {k: s / max(n, 1) for k, (s, n) in sums.items()}
 
 
 @dataclass
