@@ -68,13 +68,23 @@ def main() -> None:
     )
     args = ap.parse_args()
 
-    from edgesft.gate import REFERENCE, WARMUP, TimingWorker, interleave, normalized_rounds, open_workers
+    from edgesft.gate import (
+        WARMUP,
+        TimingWorker,
+        interleave,
+        normalized_rounds,
+        open_workers,
+        reference_workload,
+    )
     from edgesft.io import atomic_write_json
     from edgesft.machine import default_threads, machine_info
     from edgesft.stats import latency_gate, two_sample_gate
 
     threads = args.threads or default_threads()
     x, y = Path(args.artifact), Path(args.slower)
+    workload = reference_workload(
+        x.stat().st_size if x.is_file() else sum(f.stat().st_size for f in x.rglob("*"))
+    )
     t0 = time.perf_counter()
     identical: dict[str, list[Any]] = {"interleaved": [], "reference": []}
     slower: dict[str, list[Any]] = {"interleaved": [], "reference": []}
@@ -83,7 +93,7 @@ def main() -> None:
         lambda: TimingWorker.artifact(x, threads),
         lambda: TimingWorker.artifact(x, threads),
         lambda: TimingWorker.artifact(y, threads),
-        lambda: TimingWorker.reference(threads),
+        lambda: TimingWorker.reference(threads, workload),
     ) as (x1, x2, yw, ref):
         for k in range(args.gates):
             a, b = interleave(x1, x2, args.rounds, args.tokens)
@@ -120,7 +130,7 @@ def main() -> None:
             "decode_tokens": args.tokens,
             "warmup": WARMUP,
             "allowed_slowdown": args.allowed,
-            "reference_workload": REFERENCE,
+            "reference_workload": workload,
         },
         "true_slowdown": round(true_slowdown, 4),
         "results": results,

@@ -54,8 +54,33 @@ def _cpu_model(cpus: list[dict[str, str]]) -> str | None:
     return platform.processor() or None
 
 
+def _cpu_id(cpus: list[dict[str, str]]) -> str | None:
+    """Family, model and stepping: cloud VMs of different generations share one model name ("Intel(R)
+    Xeon(R) Processor")."""
+    for fields in cpus:
+        parts = [f"{k} {fields[k]}" for k in ("cpu family", "model", "stepping") if k in fields]
+        if parts:
+            return " ".join(parts)
+    return None
+
+
+def _last_level_cache_kib() -> int | None:
+    """Size of CPU 0's largest cache level in KiB, from sysfs (None where it is not listed)."""
+    sizes = []
+    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        try:
+            text = (index / "size").read_text(encoding="utf-8").strip()
+        except OSError:
+            continue
+        unit = {"K": 1, "M": 1024, "G": 1024 * 1024}.get(text[-1:].upper())
+        if unit and text[:-1].isdigit():
+            sizes.append(int(text[:-1]) * unit)
+    return max(sizes, default=None)
+
+
 def machine_info() -> dict[str, Any]:
-    """CPU model, physical cores, logical CPUs and memory of this machine, read from /proc (Linux).
+    """CPU model (and its family/model/stepping), last-level cache, physical cores, logical CPUs and memory
+    of this machine, read from /proc and /sys (Linux).
 
     Physical cores are the distinct (physical id, core id) pairs of /proc/cpuinfo; where the kernel does not
     list them the logical count stands in. Memory is in GB (10^9 bytes).
@@ -71,6 +96,8 @@ def machine_info() -> dict[str, Any]:
         pass
     return {
         "cpu_model": _cpu_model(cpus),
+        "cpu_id": _cpu_id(cpus),
+        "last_level_cache_kib": _last_level_cache_kib(),
         "physical_cores": _cores(cpus) or logical,
         "logical_cpus": logical,
         "memory_gb": memory_gb,

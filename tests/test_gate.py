@@ -24,7 +24,7 @@ from edgesft.cli import main
 from edgesft.config import CheckConfig, ModelConfig
 from edgesft.errors import EdgesftError
 from edgesft.gate import (
-    REFERENCE,
+    LEGACY_REFERENCE,
     SCHEMA,
     TimingFailure,
     TimingWorker,
@@ -36,6 +36,7 @@ from edgesft.gate import (
     interleave,
     load_baseline,
     primary_key,
+    reference_workload,
     save_baseline,
 )
 from edgesft.gguf_export import write_gguf
@@ -154,7 +155,7 @@ def test_worker_times_and_reports_failures_in_one_line(tmp_path: Path, ggufs: di
     with pytest.raises(EdgesftError, match=r"broken\.gguf: cannot open it") as err:
         TimingWorker.artifact(bad, 1)
     assert "\n" not in str(err.value)
-    with TimingWorker.reference(threads=1) as ref:
+    with TimingWorker.reference(1, reference_workload(5 << 20)) as ref:
         seconds = ref.time(1)  # no upper bound: the machine may be loaded
         assert seconds > 0 and math.isfinite(seconds)
         environ = Path(f"/proc/{ref._proc.pid}/environ")
@@ -199,7 +200,10 @@ def test_stored_baseline_and_cli_exit_codes(
     base = load_baseline(saved)
     lat = base.latency()["gguf/m.gguf"]
     assert base.threads == 1 and len(lat.normalized_rounds) == lat.rounds == 10 and lat.decode_tok_s
-    assert base.check.rounds == 10 and base.reference_workload["name"].startswith("torch-mv")
+    assert base.check.rounds == 10 and lat.reference.warm and lat.reference.name.startswith("torch-mv")
+    # the workload is sized from the artifact's file: the same one a check of it will time against
+    size = (slow_run / "gguf" / "m.gguf").stat().st_size
+    assert lat.reference.model_dump() == {**reference_workload(size), "name": lat.reference.name}
 
     # the same artifact against its own baseline passes (rounds come from the baseline's stored settings)
     assert main(["check", str(slow_run), "--baseline", str(saved), "--allowed-slowdown", ALLOW]) == 0
@@ -305,14 +309,19 @@ def test_an_untimed_or_crashing_current_artifact_fails_its_latency_row(
 
 def baseline_record() -> dict[str, Any]:
     """A stored baseline as save_baseline writes it, with one gated GGUF."""
-    art = {**_facts(), "latency": {"normalized_rounds": [2.0] * 10, "decode_tok_s": 100.0, "rounds": 10}}
+    latency = {
+        "normalized_rounds": [2.0] * 10,
+        "decode_tok_s": 100.0,
+        "rounds": 10,
+        "reference": reference_workload(4 << 20),
+    }
+    art = {**_facts(), "latency": latency}
     return {
         "schema": SCHEMA,
         "machine": {"cpu_model": "test cpu"},
         "threads": 1,
         "decode_tokens": 32,
         "check": CheckConfig().model_dump(),
-        "reference_workload": REFERENCE,
         "artifacts": {"gguf/m.gguf": art},
     }
 
@@ -328,6 +337,14 @@ HAND_EDITED: dict[str, tuple[Callable[[dict[str, Any]], Any], str]] = {
     "reference": (
         lambda r: r.update(reference_workload="mv"),
         'reference_workload: expected an object, got "mv"',
+    ),
+    "reference n": (
+        lambda r: _art(r)["latency"]["reference"].update(n="big"),
+        'artifacts.gguf/m.gguf.latency.reference.n: expected a positive integer, got "big"',
+    ),
+    "reference warm": (
+        lambda r: _art(r)["latency"]["reference"].update(warm="yes"),
+        'artifacts.gguf/m.gguf.latency.reference.warm: expected true or false, got "yes"',
     ),
     "threads": (lambda r: r.update(threads="2"), 'threads: expected a positive integer or null, got "2"'),
     "no artifacts": (lambda r: r.pop("artifacts"), "artifacts: missing"),
@@ -398,6 +415,26 @@ def test_committed_baseline_loads_unchanged() -> None:
     assert list(base.latency()) == ["gguf/ci-smoke-Q4_K_M.gguf"]
     assert (base.threads, base.decode_tokens, base.check.rounds) == (1, 256, 12)
     assert base.check.model_dump() == raw["check"]
+
+
+def test_a_schema_1_baseline_is_checked_against_its_own_fixed_workload(tmp_path: Path) -> None:
+    record = baseline_record()
+    record["schema"] = "edgesft.baseline/1"
+    del _art(record)["latency"]["reference"]
+    record["reference_workload"] = {"name": LEGACY_REFERENCE["name"]}
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(record))
+    saved = load_baseline(path).latency()["gguf/m.gguf"].reference
+    assert (saved.n, saved.repeats, saved.warm) == (4096, 16, False)
+
+
+def test_the_reference_matrix_streams_about_the_artifacts_bytes() -> None:
+    for size in (5 << 20, 62 << 20, 300 << 20):
+        w = reference_workload(size)
+        assert w["n"] % 64 == 0 and abs(4 * w["n"] ** 2 / size - 1) < 0.06
+        assert w["repeats"] * 4 * w["n"] ** 2 >= 1 << 30 and w["warm"] is True
+    assert reference_workload(1)["n"] == 256 and reference_workload(1 << 40)["n"] == 16384
+    assert reference_workload(5 << 20) == reference_workload(5 << 20)  # a baseline's workload is reproducible
 
 
 # --------------------------------------------------------------------------------------------------------

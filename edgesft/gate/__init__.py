@@ -33,18 +33,20 @@ from edgesft.gate.facts import artifact_facts, artifact_path, load_bench, primar
 from edgesft.gate.settings import check_settings
 from edgesft.gate.worker import (
     DEFAULT_TIMEOUT_S,
-    REFERENCE,
+    LEGACY_REFERENCE,
     TimingFailure,
     TimingWorker,
+    against_reference,
     interleave,
     normalized_rounds,
     open_workers,
+    reference_workload,
 )
 from edgesft.runtimes.timing import WARMUP
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",
-    "REFERENCE",
+    "LEGACY_REFERENCE",
     "SCHEMA",
     "WARMUP",
     "Baseline",
@@ -57,10 +59,12 @@ __all__ = [
     "check",
     "check_settings",
     "compare_facts",
+    "against_reference",
     "interleave",
     "load_baseline",
     "load_bench",
     "normalized_rounds",
+    "reference_workload",
     "open_workers",
     "primary_key",
     "save_baseline",

@@ -18,6 +18,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
     StrictFloat,
     StrictInt,
     StrictStr,
@@ -32,10 +33,19 @@ from edgesft.config import CheckConfig
 from edgesft.errors import EdgesftError
 from edgesft.gate.facts import artifact_facts, artifact_path, load_bench, primary_key
 from edgesft.gate.settings import check_settings, resolve_threads
-from edgesft.gate.worker import DEFAULT_TIMEOUT_S, REFERENCE, TimingWorker, against_reference, tok_s
+from edgesft.gate.worker import (
+    DEFAULT_TIMEOUT_S,
+    LEGACY_REFERENCE,
+    against_reference,
+    reference_workload,
+    tok_s,
+)
 from edgesft.io import atomic_write_json
 
-SCHEMA = "edgesft.baseline/1"
+SCHEMA = "edgesft.baseline/2"
+LEGACY_SCHEMA = "edgesft.baseline/1"
+"""Baselines whose rounds were all normalized by :data:`~edgesft.gate.worker.LEGACY_REFERENCE` (one fixed
+64 MiB workload, no warm runs); they still load, and a check times against that workload the same way."""
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -74,6 +84,18 @@ class _Record(BaseModel):
     model_config = ConfigDict(extra="allow", use_attribute_docstrings=True, protected_namespaces=())
 
 
+class SavedReference(_Record):
+    """The reference workload one artifact's rounds are normalized by (:func:`~edgesft.gate.worker.reference_workload`)."""
+
+    name: TextOrNull = None
+    n: Annotated[StrictInt, Field(ge=1), _expect("a positive integer")]
+    """Side of the fp32 matrix."""
+    repeats: Annotated[StrictInt, Field(ge=1), _expect("a positive integer")]
+    """Products per timed sample."""
+    warm: Annotated[StrictBool, _expect("true or false")] = True
+    """Whether each timed run came right after an untimed one."""
+
+
 class SavedLatency(_Record):
     """Decode timing of one gated artifact against the reference workload."""
 
@@ -85,6 +107,11 @@ class SavedLatency(_Record):
     """Decode tokens per second of the median round (for reading: the gate compares normalized rounds)."""
     rounds: CountOrNull = None
     """Rounds timed."""
+    reference: Annotated[SavedReference, _expect("an object", nested=True)] = Field(
+        default_factory=lambda: SavedReference.model_validate(LEGACY_REFERENCE)
+    )
+    """The reference workload the rounds are normalized by (:func:`~edgesft.gate.worker.reference_workload` of
+    the artifact's size: ``n``, ``repeats``, ``warm``); a check times against this same workload."""
 
 
 class SavedQuality(_Record):
@@ -121,6 +148,8 @@ class _StoredCheck(CheckConfig):
 class Baseline(_Record):
     """A baseline file (``schema`` :data:`SCHEMA`, checked before the rest)."""
 
+    schema_version: StrictStr = Field(validation_alias="schema")
+    """:data:`SCHEMA`, or :data:`LEGACY_SCHEMA` for a file saved before the reference was sized per artifact."""
     run: TextOrNull = None
     """Name of the run folder it was saved from."""
     created: TextOrNull = None
@@ -135,7 +164,7 @@ class Baseline(_Record):
     check: Annotated[_StoredCheck, _expect("an object", nested=True)] = Field(default_factory=_StoredCheck)
     """The check settings it was saved with."""
     reference_workload: Object = Field(default_factory=dict)
-    """Name and description of the reference workload the rounds are normalized by."""
+    """Schema 1 only: the one reference workload every artifact's rounds were normalized by."""
     artifacts: Annotated[
         dict[str, Annotated[SavedArtifact, _expect("an object", nested=True)]],
         _expect("an object", nested=True),
@@ -157,7 +186,7 @@ def load_baseline(path: Path) -> Baseline:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise EdgesftError(f"{path}: unreadable baseline ({' '.join(str(e).split())})") from None
-    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+    if not isinstance(data, dict) or data.get("schema") not in (SCHEMA, LEGACY_SCHEMA):
         found = data.get("schema") if isinstance(data, dict) else type(data).__name__
         raise EdgesftError(f"{path}: not an edgesft baseline (schema {found!r}, expected {SCHEMA!r})")
     try:
@@ -211,16 +240,20 @@ def save_baseline(
         if facts.get(key, {}).get("status") != "ok":
             ok = ", ".join(k for k, f in facts.items() if f["status"] == "ok")
             raise EdgesftError(f"RUN: {key} did not benchmark ok in {run} (artifacts: {ok or 'none'})")
-    with TimingWorker.reference(n_threads, timeout_s) as ref:
-        for key in gated:
-            log(f"  timing {key} against the reference workload: {cfg.rounds} rounds, {n_threads} threads")
-            path = artifact_path(run, bench, key)
-            norm, secs = against_reference(path, ref, cfg.rounds, cfg.decode_tokens, timeout_s)
-            facts[key]["latency"] = {
-                "normalized_rounds": [float(f"{x:.6g}") for x in norm],
-                "decode_tok_s": tok_s(secs),
-                "rounds": cfg.rounds,
-            }
+    for key in gated:
+        path = artifact_path(run, bench, key)
+        workload = reference_workload(facts[key].get("size_bytes") or _size_on_disk(path))
+        log(
+            f"  timing {key} against the reference workload ({workload['name']}): {cfg.rounds} rounds, "
+            f"{n_threads} threads"
+        )
+        norm, secs = against_reference(path, workload, n_threads, cfg.rounds, cfg.decode_tokens, timeout_s)
+        facts[key]["latency"] = {
+            "normalized_rounds": [float(f"{x:.6g}") for x in norm],
+            "decode_tok_s": tok_s(secs),
+            "rounds": cfg.rounds,
+            "reference": workload,
+        }
     record = {
         "schema": SCHEMA,
         "run": run.resolve().name,
@@ -230,8 +263,14 @@ def save_baseline(
         "threads": n_threads,
         "decode_tokens": cfg.decode_tokens,
         "check": cfg.model_dump(),
-        "reference_workload": REFERENCE,
         "artifacts": facts,
     }
     atomic_write_json(Path(dest), record)
     return record
+
+
+def _size_on_disk(path: Path) -> int:
+    """Bytes of a file, or of every file under a folder (an ONNX or PyTorch model)."""
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return path.stat().st_size

@@ -16,12 +16,11 @@ from typing import Any
 
 from edgesft.config import CheckConfig
 from edgesft.errors import EdgesftError
-from edgesft.gate.baseline import Baseline, load_baseline
+from edgesft.gate.baseline import LEGACY_SCHEMA, Baseline, load_baseline
 from edgesft.gate.facts import artifact_facts, artifact_path, kind_of, load_bench, primary_key
 from edgesft.gate.settings import check_settings, recorded, resolve_threads
 from edgesft.gate.worker import (
     DEFAULT_TIMEOUT_S,
-    REFERENCE,
     TimingFailure,
     TimingWorker,
     against_reference,
@@ -304,7 +303,7 @@ def _check_stored(
         recipe, base.check.model_dump(), allowed_slowdown=allowed_slowdown, rounds=rounds, artifacts=artifacts
     )
     n_threads = resolve_threads(threads, cfg.threads, base.threads, bench.get("threads"))
-    result = CheckResult("reference", {**recorded(cfg, n_threads), "reference_workload": REFERENCE["name"]})
+    result = CheckResult("reference", recorded(cfg, n_threads))
     facts = artifact_facts(current, bench)
     result.rows += compare_facts(base.facts(), facts, cfg)
     saved = base.latency()
@@ -323,22 +322,30 @@ def _check_stored(
     gated = [k for k in gated if facts.get(k, {}).get("status") == "ok"]
     if not gated:
         return result
-    with TimingWorker.reference(n_threads, timeout_s) as ref:
-        for key in gated:
-            stored = saved[key]
-            log(f"  timing {key} against the reference workload: {cfg.rounds} rounds, {n_threads} threads")
-            path = artifact_path(current, bench, key)
-            try:
-                norm, secs = against_reference(path, ref, cfg.rounds, cfg.decode_tokens, timeout_s, "current")
-            except TimingFailure as e:
-                if e.role != "current":
-                    raise  # the reference workload failed: an error, not a regression
-                result.rows.append(_untimed_row(key, stored.decode_tok_s, f"timing failed: {e}", cfg))
-                continue
-            verdict = two_sample_gate(norm, stored.normalized_rounds, cfg.allowed_slowdown)
-            result.rows.append(
-                _latency_row(key, verdict, stored.decode_tok_s, tok_s(secs), "vs reference workload:")
+    workloads = {}
+    for key in gated:
+        stored = saved[key]
+        # the baseline's own workload, sized from the baseline's artifact: never from the current one
+        workload = workloads[key] = stored.reference.model_dump()
+        log(
+            f"  timing {key} against the reference workload ({workload.get('name')}): {cfg.rounds} rounds, "
+            f"{n_threads} threads"
+        )
+        path = artifact_path(current, bench, key)
+        try:
+            norm, secs = against_reference(
+                path, workload, n_threads, cfg.rounds, cfg.decode_tokens, timeout_s, "current"
             )
+        except TimingFailure as e:
+            if e.role != "current":
+                raise  # the reference workload failed: an error, not a regression
+            result.rows.append(_untimed_row(key, stored.decode_tok_s, f"timing failed: {e}", cfg))
+            continue
+        verdict = two_sample_gate(norm, stored.normalized_rounds, cfg.allowed_slowdown)
+        result.rows.append(
+            _latency_row(key, verdict, stored.decode_tok_s, tok_s(secs), "vs reference workload:")
+        )
+    result.settings["reference_workloads"] = {k: w.get("name") for k, w in workloads.items()}
     return result
 
 
@@ -346,11 +353,16 @@ def _compare_context(
     base: Baseline, bench: dict[str, Any], threads: int, cfg: CheckConfig, result: CheckResult
 ) -> None:
     """Notes where the stored baseline was measured differently from this check."""
-    was, now = base.machine.get("cpu_model"), bench.get("machine", {}).get("cpu_model")
-    if was and now and was != now:
+    now_machine = bench.get("machine", {})
+    differ = [
+        f"{key} {base.machine[key]!r} -> {now_machine[key]!r}"
+        for key in ("cpu_model", "cpu_id", "last_level_cache_kib")
+        if base.machine.get(key) and now_machine.get(key) and base.machine[key] != now_machine[key]
+    ]
+    if differ:
         result.notes.append(
-            f"baseline saved on {was!r}, this run benched on {now!r}: normalized times compare best on one "
-            "machine type"
+            f"baseline saved on another machine type ({'; '.join(differ)}): normalized times compare best on "
+            "one machine type"
         )
     if base.threads and base.threads != threads:
         result.notes.append(f"baseline timed with {base.threads} threads, this check with {threads}")
@@ -358,6 +370,9 @@ def _compare_context(
         result.notes.append(
             f"baseline decoded {base.decode_tokens} tokens per round, this check {cfg.decode_tokens}"
         )
-    ref = base.reference_workload.get("name")
-    if ref and ref != REFERENCE["name"]:
-        result.notes.append(f"baseline reference workload {ref!r} differs from {REFERENCE['name']!r}")
+    if base.schema_version == LEGACY_SCHEMA:
+        result.notes.append(
+            f"baseline of schema {LEGACY_SCHEMA!r}: its rounds were normalized by one fixed 64 MiB reference "
+            "workload, whatever the artifact's size, and timed cold; checked against that same workload, but "
+            "save the baseline again (edgesft bench RUN --save-baseline) for a workload of the artifact's size"
+        )

@@ -1,24 +1,30 @@
 """Timing workers: child processes that hold one artifact (or the reference workload) open and time it on
 request, so that a native crash or hang is one line, not a dead check.
 
-The reference workload is a matrix-vector product over a fixed 64 MiB fp32 matrix (4096 x 4096), repeated
-16 times with the same thread count as the artifact. LLM decode on a CPU is a chain of matrix-vector
-products that streams every weight once per token, so its speed follows memory bandwidth; a 64 MiB
-``torch.mv`` does the same (2 flops per 4 bytes read, from a matrix larger than a CI runner's last-level
-cache: 32 MiB on the 2-core runner this was built on), so what slows memory for one slows it for the other,
-and the ratio is steadier than either time. torch rather than numpy: ``torch.set_num_threads`` fixes the
-thread count in-process, and OpenBLAS's threaded gemv was erratic on a loaded 2-core runner. It does not
-follow everything: a runner with a different balance of compute and bandwidth shifts the ratio, so a
+The reference workload (:func:`reference_workload`) is a matrix-vector product over a fixed fp32 matrix of
+about as many bytes as the artifact's file, repeated until about 1 GiB has been streamed, with the same
+thread count as the artifact. LLM decode on a CPU is a chain of matrix-vector products that streams every
+weight once per token; a ``torch.mv`` over the same number of bytes streams them from the same level of the
+memory hierarchy, so what slows it for one slows it for the other, and the ratio is steadier than either
+time. The size matters: a small artifact decodes from the caches, a large one from DRAM, and a yardstick
+should stream from the same level. One fixed 64 MiB matrix (what baselines of schema 1 were normalized by)
+did not follow a 5 MiB artifact from one 2-core Xeon VM to another with another cache (105 MiB here):
+that artifact's normalized time went from a median of ~0.10 to ~0.14, failing `edgesft check` on an
+unchanged model (bench/results/README.md). The matrix is sized from the baseline's artifact, never the
+current one, so an artifact that grew cannot grow its own yardstick. torch rather than numpy: ``torch.set_num_threads`` fixes
+the thread count in-process, and OpenBLAS's threaded gemv was erratic on a loaded 2-core runner. It does
+not follow everything: a runner with a different balance of compute and bandwidth shifts the ratio, so a
 baseline compares best on the machine type it was saved on (the check says when the CPU model differs).
 
-Run a worker by hand with ``python -m edgesft.gate worker '{"kind": "reference", "threads": 2}'`` (JSON
-lines on stdin and stdout).
+Run a worker by hand with ``python -m edgesft.gate worker '{"kind": "reference", "threads": 2, "n": 1024,
+"repeats": 256}'`` (JSON lines on stdin and stdout).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import queue
 import signal
@@ -35,16 +41,38 @@ from typing import IO, Any
 from edgesft.isolate import IsolatedFailure, _tail
 from edgesft.runtimes.timing import WARMUP
 
-REFERENCE_N = 4096
-REFERENCE_REPEATS = 16
-REFERENCE = {
-    "name": f"torch-mv-fp32-{REFERENCE_N}x{REFERENCE_N}-x{REFERENCE_REPEATS}",
-    "description": (
-        f"torch.mv of a fixed {REFERENCE_N}x{REFERENCE_N} fp32 matrix (64 MiB) by a vector, "
-        f"{REFERENCE_REPEATS} times, seconds per product, same threads as the artifact: memory-bandwidth-bound "
-        "like LLM decode"
-    ),
-}
+REFERENCE_STREAM_BYTES = 1 << 30
+"""Bytes of matrix each timed reference sample streams (about one decode round's worth on a small model)."""
+LEGACY_REFERENCE_N = 4096
+LEGACY_REFERENCE_REPEATS = 16
+
+
+def _workload(n: int, repeats: int) -> dict[str, Any]:
+    mib = 4 * n * n / 2**20
+    return {
+        "name": f"torch-mv-fp32-{n}x{n}-x{repeats}",
+        "n": n,
+        "repeats": repeats,
+        "warm": True,
+        "description": (
+            f"torch.mv of a fixed {n}x{n} fp32 matrix ({mib:.3g} MiB) by a vector, {repeats} times, seconds per "
+            "product, same threads as the artifact: streams as many bytes as the artifact's decode step"
+        ),
+    }
+
+
+def reference_workload(artifact_bytes: float) -> dict[str, Any]:
+    """The reference workload for an artifact of ``artifact_bytes`` on disk: an ``n x n`` fp32 matrix of
+    about that size (``n`` a multiple of 64, 256 to 16384), ``repeats`` products per sample (about
+    :data:`REFERENCE_STREAM_BYTES` streamed, at least 4)."""
+    side = math.sqrt(max(float(artifact_bytes), 1.0) / 4)
+    n = int(min(16384, max(256, round(side / 64) * 64)))
+    repeats = max(4, math.ceil(REFERENCE_STREAM_BYTES / (4 * n * n)))
+    return _workload(n, repeats)
+
+
+LEGACY_REFERENCE = {**_workload(LEGACY_REFERENCE_N, LEGACY_REFERENCE_REPEATS), "warm": False}
+"""The one fixed workload schema-1 baselines were normalized by (checked with it, and a note)."""
 DEFAULT_TIMEOUT_S = 600.0
 
 
@@ -52,19 +80,32 @@ DEFAULT_TIMEOUT_S = 600.0
 # Child side
 
 
+WARM_STEPS = 8
+"""Untimed decode steps before each timed run (one untimed product before each reference sample)."""
+
+
 class _DecodeTimer:
     """One open artifact; each call is one timed run of :mod:`edgesft.runtimes.timing` at depth 0, seconds
-    per decoded token."""
+    per decoded token.
 
-    def __init__(self, path: str, threads: int):
+    Each timed run comes right after a short untimed one (``warm``): two workers take turns on the same
+    cores, and without it a run that follows the other worker starts with the other's working set in the
+    caches while one that follows itself does not. Alternating A B, B A rounds then split into two
+    populations (normalized times 0.073-0.092 against 0.102-0.126 in one saved baseline), and a median of
+    12 such rounds lands anywhere between them."""
+
+    def __init__(self, path: str, threads: int, warm: bool = True):
         from edgesft.runtimes.timing import filler_ids, open_for_timing
 
         self.art = open_for_timing(Path(path), threads)
         self.ids = filler_ids(self.art, 0)
+        self.warm = warm
 
     def time(self, tokens: int) -> float:
         from edgesft.runtimes.timing import timed_run
 
+        if self.warm:
+            timed_run(self.art, self.ids, min(tokens, WARM_STEPS))
         return timed_run(self.art, self.ids, tokens).seconds_per_token
 
     def close(self) -> None:
@@ -74,22 +115,26 @@ class _DecodeTimer:
 class _ReferenceTimer:
     """The reference workload (module docstring); each call gives seconds per matrix-vector product."""
 
-    def __init__(self, threads: int):
+    def __init__(self, threads: int, n: int, repeats: int, warm: bool = True):
         import torch
 
         torch.set_num_threads(threads)
         gen = torch.Generator().manual_seed(0)
-        self.matrix = torch.randn(REFERENCE_N, REFERENCE_N, generator=gen)
-        self.vector = torch.randn(REFERENCE_N, generator=gen)
-        self.out = torch.empty(REFERENCE_N)
+        self.matrix = torch.randn(n, n, generator=gen)
+        self.vector = torch.randn(n, generator=gen)
+        self.out = torch.empty(n)
+        self.repeats = repeats
+        self.warm = warm
 
     def time(self, tokens: int) -> float:
         import torch
 
-        t0 = time.perf_counter()
-        for _ in range(REFERENCE_REPEATS):
+        if self.warm:  # see _DecodeTimer
             torch.mv(self.matrix, self.vector, out=self.out)
-        return (time.perf_counter() - t0) / REFERENCE_REPEATS
+        t0 = time.perf_counter()
+        for _ in range(self.repeats):
+            torch.mv(self.matrix, self.vector, out=self.out)
+        return (time.perf_counter() - t0) / self.repeats
 
     def close(self) -> None:
         pass
@@ -113,9 +158,11 @@ def serve(spec: dict[str, Any]) -> int:
     timer: _DecodeTimer | _ReferenceTimer
     try:
         if spec["kind"] == "reference":
-            timer = _ReferenceTimer(int(spec["threads"]))
+            timer = _ReferenceTimer(
+                int(spec["threads"]), int(spec["n"]), int(spec["repeats"]), bool(spec.get("warm", True))
+            )
         else:
-            timer = _DecodeTimer(str(spec["path"]), int(spec["threads"]))
+            timer = _DecodeTimer(str(spec["path"]), int(spec["threads"]), bool(spec.get("warm", True)))
     except Exception as e:  # reported to the parent as an open failure
         send({"ok": False, "error": f"cannot open it: {_one_line(e)}"})
         return 1
@@ -159,6 +206,7 @@ class TimingWorker:
         self.timeout_s = timeout_s
         self.role = role
         self.threads = int(spec["threads"])
+        self.workload: dict[str, Any] | None = None
         self._stderr: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 (closed in close())
         # the child imports this package from where the parent did, whatever its working directory
         package_root = str(Path(__file__).resolve().parents[2])
@@ -192,13 +240,33 @@ class TimingWorker:
 
     @classmethod
     def artifact(
-        cls, path: Path, threads: int, timeout_s: float = DEFAULT_TIMEOUT_S, role: str = "artifact"
+        cls,
+        path: Path,
+        threads: int,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        role: str = "artifact",
+        warm: bool = True,
     ) -> TimingWorker:
-        return cls({"kind": "artifact", "path": str(path), "threads": threads}, str(path), timeout_s, role)
+        """A worker of the artifact at ``path``; ``warm=False`` drops the untimed run before each timed one
+        (:class:`_DecodeTimer`; only bench/gate_reference.py does, to measure what it is for)."""
+        spec = {"kind": "artifact", "path": str(path), "threads": threads, "warm": warm}
+        return cls(spec, str(path), timeout_s, role)
 
     @classmethod
-    def reference(cls, threads: int, timeout_s: float = DEFAULT_TIMEOUT_S) -> TimingWorker:
-        return cls({"kind": "reference", "threads": threads}, "reference workload", timeout_s, "reference")
+    def reference(
+        cls, threads: int, workload: dict[str, Any], timeout_s: float = DEFAULT_TIMEOUT_S, warm: bool = True
+    ) -> TimingWorker:
+        """A worker of ``workload`` (:func:`reference_workload`)."""
+        spec = {
+            "kind": "reference",
+            "threads": threads,
+            "n": workload["n"],
+            "repeats": workload["repeats"],
+            "warm": warm,
+        }
+        worker = cls(spec, "reference workload", timeout_s, "reference")
+        worker.workload = workload
+        return worker
 
     def _pump(self) -> None:
         assert self._proc.stdout is not None
@@ -325,12 +393,23 @@ def normalized_rounds(
 
 
 def against_reference(
-    path: Path, reference: TimingWorker, rounds: int, tokens: int, timeout_s: float, role: str = "artifact"
+    path: Path,
+    workload: dict[str, Any],
+    threads: int,
+    rounds: int,
+    tokens: int,
+    timeout_s: float,
+    role: str = "artifact",
 ) -> tuple[list[float], list[float]]:
-    """:func:`normalized_rounds` of the artifact at ``path``, opened in a worker of its own for them with the
-    reference's threads."""
-    with TimingWorker.artifact(path, reference.threads, timeout_s, role=role) as art:
-        return normalized_rounds(art, reference, rounds, tokens)
+    """:func:`normalized_rounds` of the artifact at ``path`` against ``workload`` (:func:`reference_workload`,
+    its ``warm`` key saying whether each timed run is warmed; schema-1 baselines were not), each in a worker of
+    its own with ``threads``."""
+    warm = bool(workload.get("warm", True))
+    with open_workers(
+        lambda: TimingWorker.reference(threads, workload, timeout_s, warm=warm),
+        lambda: TimingWorker.artifact(path, threads, timeout_s, role=role, warm=warm),
+    ) as (ref, art):
+        return normalized_rounds(art, ref, rounds, tokens)
 
 
 def tok_s(seconds_per_token: Sequence[float]) -> float:
