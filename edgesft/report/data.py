@@ -105,14 +105,16 @@ def _environment(manifests: dict[str, dict[str, Any]], bench: dict[str, Any] | N
     libraries = {lib: recorded[lib] for lib in LIBRARIES if lib in recorded}
     machine = bench.get("machine") if bench else None
     env: dict[str, Any] = {}
+    shown = ("cpu_model", "physical_cores", "logical_cpus", "memory_gb")  # the report schema's machine fields
     if isinstance(machine, dict):
-        env = {k: machine.get(k) for k in ("cpu_model", "physical_cores", "logical_cpus", "memory_gb")}
+        env = {k: machine.get(k) for k in shown}
         for k in ("bandwidth_gb_s", "bandwidth_threads"):
             if machine.get(k) is not None:
                 env[k] = machine[k]
         env["source"] = "bench"
     else:
-        env = {**machine_info(), "source": "report"}
+        here = machine_info()
+        env = {**{k: here.get(k) for k in shown}, "source": "report"}
     env.update(
         platform=recorded.get("platform", platform.platform()),
         python=recorded.get("python", platform.python_version()),
