@@ -58,12 +58,6 @@ def importable() -> None:
         os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), *(p for p in paths if p)])
 
 
-def _size(path: Path) -> int:
-    if path.is_dir():
-        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-    return path.stat().st_size
-
-
 def _build_gguf(
     base: Path, work: Path, quants: Sequence[str], rows: list[Any], threads: int, timings: dict[str, float]
 ) -> dict[str, dict[str, Any]]:
@@ -130,6 +124,7 @@ def _parity(
 ) -> None:
     """Verify every artifact against the fp32 model (status, top-1 agreement and KL into ``arts``)."""
     from edgesft.config import VerifyConfig
+    from edgesft.io import path_size
     from edgesft.runtimes.torch_rt import TorchArtifact
     from edgesft.verify import Reference, build_request, verify_artifact
 
@@ -137,7 +132,7 @@ def _parity(
     cfg = VerifyConfig(prompts=16, generate_prompts=2, generate_tokens=32)
     request = build_request(ref.tok, val, cfg)
     for name, a in arts.items():
-        a["bytes"] = _size(Path(a["path"]))
+        a["bytes"] = path_size(Path(a["path"]))
         if name == TORCH:
             # The reference itself: KL 0 and top-1 1 by definition, not a measurement.
             a.update(status="reference", failed_checks=[], top1=1.0, kl=0.0, reference=True)

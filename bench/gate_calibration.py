@@ -76,15 +76,13 @@ def main() -> None:
         open_workers,
         reference_workload,
     )
-    from edgesft.io import atomic_write_json
+    from edgesft.io import atomic_write_json, path_size
     from edgesft.machine import default_threads, machine_info
     from edgesft.stats import latency_gate, two_sample_gate
 
     threads = args.threads or default_threads()
     x, y = Path(args.artifact), Path(args.slower)
-    workload = reference_workload(
-        x.stat().st_size if x.is_file() else sum(f.stat().st_size for f in x.rglob("*"))
-    )
+    workload = reference_workload(path_size(x))
     t0 = time.perf_counter()
     identical: dict[str, list[Any]] = {"interleaved": [], "reference": []}
     slower: dict[str, list[Any]] = {"interleaved": [], "reference": []}

@@ -69,15 +69,11 @@ def main() -> None:
 
     from edgesft.gate import LEGACY_REFERENCE, normalized_rounds, open_workers, reference_workload
     from edgesft.gate.worker import TimingWorker
-    from edgesft.io import atomic_write_json
+    from edgesft.io import atomic_write_json, path_size
     from edgesft.machine import machine_info
 
     path = Path(args.artifact)
-    size = (
-        path.stat().st_size
-        if path.is_file()
-        else sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-    )
+    size = path_size(path)
     ways: dict[str, dict[str, Any]] = {
         "legacy": dict(LEGACY_REFERENCE),
         "legacy+warm": {**LEGACY_REFERENCE, "warm": True},

@@ -40,7 +40,7 @@ from edgesft.gate.worker import (
     reference_workload,
     tok_s,
 )
-from edgesft.io import atomic_write_json
+from edgesft.io import atomic_write_json, path_size
 
 SCHEMA = "edgesft.baseline/2"
 LEGACY_SCHEMA = "edgesft.baseline/1"
@@ -85,7 +85,8 @@ class _Record(BaseModel):
 
 
 class SavedReference(_Record):
-    """The reference workload one artifact's rounds are normalized by (:func:`~edgesft.gate.worker.reference_workload`)."""
+    """The reference workload one artifact's rounds are normalized by
+    (:func:`~edgesft.gate.worker.reference_workload`)."""
 
     name: TextOrNull = None
     n: Annotated[StrictInt, Field(ge=1), _expect("a positive integer")]
@@ -242,7 +243,7 @@ def save_baseline(
             raise EdgesftError(f"RUN: {key} did not benchmark ok in {run} (artifacts: {ok or 'none'})")
     for key in gated:
         path = artifact_path(run, bench, key)
-        workload = reference_workload(facts[key].get("size_bytes") or _size_on_disk(path))
+        workload = reference_workload(facts[key].get("size_bytes") or path_size(path))
         log(
             f"  timing {key} against the reference workload ({workload['name']}): {cfg.rounds} rounds, "
             f"{n_threads} threads"
@@ -267,10 +268,3 @@ def save_baseline(
     }
     atomic_write_json(Path(dest), record)
     return record
-
-
-def _size_on_disk(path: Path) -> int:
-    """Bytes of a file, or of every file under a folder (an ONNX or PyTorch model)."""
-    if path.is_dir():
-        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-    return path.stat().st_size

@@ -322,11 +322,10 @@ def _check_stored(
     gated = [k for k in gated if facts.get(k, {}).get("status") == "ok"]
     if not gated:
         return result
-    workloads = {}
     for key in gated:
         stored = saved[key]
         # the baseline's own workload, sized from the baseline's artifact: never from the current one
-        workload = workloads[key] = stored.reference.model_dump()
+        workload = stored.reference.model_dump()
         log(
             f"  timing {key} against the reference workload ({workload.get('name')}): {cfg.rounds} rounds, "
             f"{n_threads} threads"
@@ -345,7 +344,7 @@ def _check_stored(
         result.rows.append(
             _latency_row(key, verdict, stored.decode_tok_s, tok_s(secs), "vs reference workload:")
         )
-    result.settings["reference_workloads"] = {k: w.get("name") for k, w in workloads.items()}
+    result.settings["reference_workloads"] = {k: saved[k].reference.name for k in gated}
     return result
 
 

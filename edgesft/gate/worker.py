@@ -11,10 +11,11 @@ should stream from the same level. One fixed 64 MiB matrix (what baselines of sc
 did not follow a 5 MiB artifact from one 2-core Xeon VM to another with another cache (105 MiB here):
 that artifact's normalized time went from a median of ~0.10 to ~0.14, failing `edgesft check` on an
 unchanged model (bench/results/README.md). The matrix is sized from the baseline's artifact, never the
-current one, so an artifact that grew cannot grow its own yardstick. torch rather than numpy: ``torch.set_num_threads`` fixes
-the thread count in-process, and OpenBLAS's threaded gemv was erratic on a loaded 2-core runner. It does
-not follow everything: a runner with a different balance of compute and bandwidth shifts the ratio, so a
-baseline compares best on the machine type it was saved on (the check says when the CPU model differs).
+current one, so an artifact that grew cannot grow its own yardstick. torch rather than numpy:
+``torch.set_num_threads`` fixes the thread count in-process, and OpenBLAS's threaded gemv was erratic on a
+loaded 2-core runner. It does not follow everything: a runner with a different balance of compute and
+bandwidth shifts the ratio, so a baseline compares best on the machine type it was saved on (the check
+says when the CPU type or cache differs).
 
 Run a worker by hand with ``python -m edgesft.gate worker '{"kind": "reference", "threads": 2, "n": 1024,
 "repeats": 256}'`` (JSON lines on stdin and stdout).
