@@ -299,30 +299,27 @@ def _row_weights(x: Any, imatrix: Any, block: int, exact: bool) -> Any:
     return _rows_of(imatrix[None, :] * _sqrtf(sigma2 + x * x), block)
 
 
-def _q4_0(x: Any, imatrix: Any, choice: Any) -> tuple[Any, Any]:
+def _symmetric_32(x: Any, imatrix: Any, choice: Any, half: int) -> tuple[Any, Any]:
+    """Q4_0 (``half`` 8) and Q5_0 (``half`` 16): 32-weight blocks of levels -half..half-1 times one scale;
+    without an importance matrix, quantize_row_q4_0_ref / quantize_row_q5_0_ref."""
     import torch
 
     xb = _rows_of(x, 32)
-    if imatrix is None:  # quantize_row_q4_0_ref
-        d = _signed_absmax(xb) / -8
+    if imatrix is None:
+        d = _signed_absmax(xb) / -half
         inv = torch.where(d != 0, 1 / torch.where(d != 0, d, 1.0), 0.0)
-        q = torch.clamp(torch.trunc(xb * inv + 8.5), 0, 15)
-        return ((q - 8) * _f16(d)).reshape(x.shape), None
-    level, scale, choice = _qx(xb, _row_weights(x, imatrix, 32, choice is None), 8, choice)
+        q = torch.clamp(torch.trunc(xb * inv + half + 0.5), 0, 2 * half - 1)
+        return ((q - half) * _f16(d)).reshape(x.shape), None
+    level, scale, choice = _qx(xb, _row_weights(x, imatrix, 32, choice is None), half, choice)
     return (level * _f16(scale)[..., None]).reshape(x.shape), choice
+
+
+def _q4_0(x: Any, imatrix: Any, choice: Any) -> tuple[Any, Any]:
+    return _symmetric_32(x, imatrix, choice, 8)
 
 
 def _q5_0(x: Any, imatrix: Any, choice: Any) -> tuple[Any, Any]:
-    import torch
-
-    xb = _rows_of(x, 32)
-    if imatrix is None:  # quantize_row_q5_0_ref
-        d = _signed_absmax(xb) / -16
-        inv = torch.where(d != 0, 1 / torch.where(d != 0, d, 1.0), 0.0)
-        q = torch.clamp(torch.trunc(xb * inv + 16.5), 0, 31)
-        return ((q - 16) * _f16(d)).reshape(x.shape), None
-    level, scale, choice = _qx(xb, _row_weights(x, imatrix, 32, choice is None), 16, choice)
-    return (level * _f16(scale)[..., None]).reshape(x.shape), choice
+    return _symmetric_32(x, imatrix, choice, 16)
 
 
 def _q8_0(x: Any, imatrix: Any, choice: Any) -> tuple[Any, Any]:
