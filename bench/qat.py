@@ -12,7 +12,9 @@ in this process by the stage's `heal`: `qat.format: none` and `qat.format: FORMA
 is the recipe's. Each healed model goes through the exporter as the gguf / onnx stage runs it (F16 file,
 importance matrix on `export.gguf.imatrix_rows` training rows, llama.cpp's quantizer; or onnxruntime-genai's
 builder with the recipe's int4 RTN variant) and verify's parity code compares the file with the teacher on
-`export.verify.prompts` validation rows (teacher-forced, in the file's own runtime). The QAT heal gets the
+`export.verify.prompts` validation rows (teacher-forced, in the file's own runtime); `edgesft eval` then scores
+each file's greedy answers on the test split (`--test-rows`, all by default) in its own runtime, constrained
+to the run's answer schema as every deployed answer is. The QAT heal gets the
 `qat` fields that mirror the export from the recipe's export sections, so the simulated format is the one
 exported. Prints a Markdown table and writes bench/results/qat-<format>-<date>.json.
 """
@@ -114,6 +116,19 @@ def export(recipe: Any, model_dir: Path, fmt: str, train_rows: list[Any], work: 
     return dest, "int4"
 
 
+def test_metrics(artifact: Path, test_file: Path, max_new_tokens: int, rows: int | None) -> dict[str, Any]:
+    """Task metrics of ``artifact`` on ``test_file`` through ``edgesft eval`` (its own runtime, in a child
+    process, constrained to the run's answer schema), as a user measures a file."""
+    import subprocess
+
+    cmd = [sys.executable, "-m", "edgesft.cli", "eval", str(artifact), "--data", str(test_file), "--json"]
+    cmd += ["--max-new-tokens", str(max_new_tokens), *(["--max-rows", str(rows)] if rows else [])]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if proc.returncode != 0:
+        raise SystemExit(f"edgesft eval {artifact.name} failed: {proc.stderr.strip()[-500:]}")
+    return json.loads(proc.stdout)["metrics"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--recipe", default="recipes/phone.yaml")
@@ -121,6 +136,7 @@ def main() -> None:
     ap.add_argument("--format", default="q4_0", choices=["q4_0", "q4_k_m", "int4"])
     ap.add_argument("--out", default=None, help="work folder (default: RUN/.qat-bench)")
     ap.add_argument("--threads", type=int, default=None, help="default: train.threads")
+    ap.add_argument("--test-rows", type=int, default=None, help="test rows each file answers (default: all)")
     ap.add_argument("overrides", nargs="*")
     a = ap.parse_args()
 
@@ -178,6 +194,7 @@ def main() -> None:
             artifact, precision, reference, request, verify, work / f"probe-{label}", threads
         )
         logits = record["checks"].get("logits", {})
+        test = test_metrics(artifact, run / "data" / "test.jsonl", recipe.eval.max_new_tokens, a.test_rows)
         results[label] = {
             "heal_seconds": round(heal_s, 1),
             "best_val_loss": figures.get("best_val_loss"),
@@ -187,14 +204,20 @@ def main() -> None:
             "kl_p99": logits.get("kl_p99"),
             "top1_agreement": logits.get("top1_agreement"),
             "positions": logits.get("positions"),
+            "test": test,
         }
         print(f"{label}: {results[label]}", flush=True)
 
-    print(f"\n| heal | {a.format} file: KL vs teacher | top-1 vs teacher | heal s | heal best val loss |")
-    print("|---|---|---|---|---|")
+    print(
+        f"\n| heal | {a.format} file: KL vs teacher | top-1 vs teacher | test exact | intent | slot F1 "
+        "| heal s | heal best val loss |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for label, r in results.items():
+        t = r["test"]
         print(
-            f"| {label} | {r['kl_mean']} | {r['top1_agreement']} | {r['heal_seconds']} | {r['best_val_loss']} |"
+            f"| {label} | {r['kl_mean']} | {r['top1_agreement']} | {t['exact_match']:.2%} ({t['n']} rows) "
+            f"| {t['intent_accuracy']:.2%} | {t['slot_f1']:.3f} | {r['heal_seconds']} | {r['best_val_loss']} |"
         )
     out = ROOT / "bench" / "results" / f"qat-{a.format}-{date.today().isoformat()}.json"
     out.write_text(
