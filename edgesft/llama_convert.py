@@ -263,9 +263,11 @@ def convert(
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     env.pop("NO_LOCAL_GGUF", None)
     with atomic_file(dest) as tmp:
+        # absolute: the converter runs in its own folder, where the caller's relative paths mean nothing
         cmd = [
-            sys.executable, str(folder / "convert_hf_to_gguf.py"), str(model_dir),
-            "--outfile", str(tmp), "--outtype", float_type, "--model-name", gguf_model_name(name, model_dir),
+            sys.executable, str(folder / "convert_hf_to_gguf.py"), str(Path(model_dir).resolve()),
+            "--outfile", str(Path(tmp).resolve()), "--outtype", float_type,
+            "--model-name", gguf_model_name(name, model_dir),
         ]  # fmt: skip
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=folder)

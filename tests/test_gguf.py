@@ -225,6 +225,17 @@ def test_fallback_report_names_tensors_and_reason(tmp_path: Path, tok_dir: Path)
     )
 
 
+def test_relative_paths_convert_from_any_working_directory(
+    tmp_path: Path, tok_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The converter runs in its own folder: a caller's relative model and output paths (bench/qat.py's
+    ``--root runs``) must still name the caller's files (they failed with "is not a directory")."""
+    make_model(tmp_path / "m", tok_dir)
+    monkeypatch.chdir(tmp_path)
+    info = write_gguf(Path("m"), Path("m-F16.gguf"), "f16")
+    assert (tmp_path / "m-F16.gguf").is_file() and info["tensors"] > 0
+
+
 def test_isolated_crash_is_reported_not_fatal() -> None:
     with pytest.raises(IsolatedFailure, match="crashed \\(SIGABRT\\)") as e:
         call("os:abort", {})
