@@ -265,8 +265,8 @@ def convert(
     with atomic_file(dest) as tmp:
         # absolute: the converter runs in its own folder, where the caller's relative paths mean nothing
         cmd = [
-            sys.executable, str(folder / "convert_hf_to_gguf.py"), str(Path(model_dir).resolve()),
-            "--outfile", str(Path(tmp).resolve()), "--outtype", float_type,
+            sys.executable, str(folder / "convert_hf_to_gguf.py"), str(model_dir.resolve()),
+            "--outfile", str(tmp.resolve()), "--outtype", float_type,
             "--model-name", gguf_model_name(name, model_dir),
         ]  # fmt: skip
         try:
