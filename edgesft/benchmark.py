@@ -247,16 +247,26 @@ def answer_rows(
     return metrics, answers
 
 
+def first_rows(task: str, rows: list[Any], answers: list[str], n: int) -> dict[str, Any]:
+    """Task metrics of the first ``n`` answers only: an artifact that answered more rows than the others
+    (the primary, ``bench.quality.primary_test_rows``) compared with them on the rows they all answered."""
+    from edgesft.chat import prompt_and_answer
+    from edgesft.metrics import TASKS
+
+    refs = [prompt_and_answer(r.messages)[1] for r in rows[:n]]
+    return {"n": len(refs), **TASKS[task](answers[:n], refs)}
+
+
 def _torch_answers(
     art: Any, rows: list[Any], task: str, max_new_tokens: int, schema: str | None = None
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], list[str]]:
     """PyTorch's own way: batched ``generate``, as the train/merge/prune stages measure."""
     from edgesft.evaluate import task_metrics
 
-    metrics, _ = task_metrics(
+    metrics, samples = task_metrics(
         art.model, art.tok, rows, task, max_new_tokens, batch_size=32, progress=False, schema=schema
     )
-    return metrics
+    return metrics, [s["prediction"] for s in samples]
 
 
 def _import_runtime(kind: str) -> None:
@@ -279,7 +289,8 @@ def bench_artifact(
 
     ``quality``: {"sequences": file of scored sequences (JSON), "reference_dir": folder of reference
     log-probs or null, "test_file": JSONL of test rows, "test_rows": n, "task", "max_new_tokens", and
-    optionally "schema": the answer schema's text, which greedy answers are constrained to}.
+    optionally "schema": the answer schema's text, which greedy answers are constrained to, and
+    "common_rows": the rows every artifact answers, when this one answers more (``test.first_rows``)}.
     """
     from edgesft.runtimes import artifact_kind, open_artifact
     from edgesft.runtimes.timing import open_for_timing
@@ -310,10 +321,11 @@ def bench_artifact(
         rows = load_rows(Path(quality["test_file"]))[: quality["test_rows"]]
         if rows:
             task, limit, schema = quality["task"], quality["max_new_tokens"], quality.get("schema")
-            if art.kind == "torch":
-                q["test"] = _torch_answers(art, rows, task, limit, schema)
-            else:
-                q["test"], _ = answer_rows(art, rows, task, limit, schema)
+            answer = _torch_answers if art.kind == "torch" else answer_rows
+            q["test"], answers = answer(art, rows, task, limit, schema)
+            common = quality.get("common_rows")
+            if common and common < len(rows):
+                q["test"]["first_rows"] = first_rows(task, rows, answers, common)
         out["quality"] = q
         art.close()
     return out

@@ -612,6 +612,10 @@ class BenchQuality(_Section):
 
     test_rows: int | None = Field(100, ge=1)
     """Test rows answered greedily per artifact for the task metrics (null: the whole test split)."""
+    primary_test_rows: int | None = Field(None, ge=1)
+    """Test rows the run's primary artifact answers, when it should answer more than the others (the
+    artifact that ships measured on the whole split, the others compared on fewer). Its figures on the first
+    `test_rows` rows are recorded beside, for a like-for-like comparison. Null: as `test_rows`."""
     val_rows: int | None = Field(48, ge=1)
     """Validation rows scored teacher-forced for perplexity and KL divergence (null: all)."""
     max_new_tokens: int | None = Field(None, ge=1, le=4096)

@@ -331,7 +331,7 @@ def test_the_cache_contract_on_the_real_stages(tmp_path: Path, monkeypatch: pyte
         "bench": {
             "enabled": True,
             "latency": QUICK_LATENCY,
-            "quality": {"test_rows": 4, "val_rows": 4},
+            "quality": {"test_rows": 4, "val_rows": 4, "primary_test_rows": 6},
         },
     }
 
@@ -344,6 +344,12 @@ def test_the_cache_contract_on_the_real_stages(tmp_path: Path, monkeypatch: pyte
         return _stage_runs(logs)
 
     assert set(run().values()) == {"ran"}
+    # The primary (the bundle's Q8_0 file) answers 6 test rows, the others 4.
+    measured = json.loads((tmp_path / "runs" / "t" / "bench" / "bench.json").read_text())
+    assert measured["primary"] == "gguf/t-Q8_0.gguf" and measured["primary_test_rows"] == 6
+    tests = {k: a["quality"]["test"] for k, a in measured["artifacts"].items()}
+    assert {k: t["n"] for k, t in tests.items()} == {k: 6 if k == measured["primary"] else 4 for k in tests}
+    assert tests["gguf/t-Q8_0.gguf"]["first_rows"]["n"] == 4
 
     real_call = gguf.call
 

@@ -276,6 +276,10 @@ def make_run(root: Path, *, prune: bool = True, bench: bool = True) -> Path:
                 "onnx/int4": crashed,
             },
         }
+        # the primary answered 400 rows (bench.quality.primary_test_rows), the others the first 100
+        primary_test = payload["artifacts"]["gguf/phone-Q4_K_M.gguf"]["quality"]["test"]
+        primary_test.update(n=400, first_rows={**primary_test, "n": 100, "exact_match": 0.44})
+        payload["primary_test_rows"] = 400
         stages["bench"] = manifest("bench", "15:20", 212.4, payload, {})
         (run / "bench").mkdir(parents=True)
         (run / "bench" / "bench.json").write_text(json.dumps(payload))
@@ -378,6 +382,8 @@ def test_report_validates_and_embeds_every_plot(tmp_path: Path) -> None:
     md = (out / "report.md").read_text()
     for key in report["artifacts"]:
         assert re.search(rf"^\| {re.escape(key)}( \(primary\))? \|", md, re.M), key
+    assert report["bench"]["primary_test_rows"] == 400
+    assert re.search(r"^\| gguf/phone-Q4_K_M\.gguf \(primary\), first 100 rows( \| ){5}44\.0 \|", md, re.M)
     rows = [line for line in md.splitlines() if line.startswith("| gguf/phone-Q4_K_M.gguf (primary) |")]
     assert len(rows) == 3  # artifacts, latency, quality
     assert rows[0].startswith("| gguf/phone-Q4_K_M.gguf (primary) | ok | Q4_K_M | 100.1 | passed | 3 |")

@@ -272,6 +272,40 @@ def test_constrained_llama_cpp_decoding_never_leaves_the_schema(tiny_gguf: Path)
     assert _verdicts(constrained) == [None] * len(prompts), constrained
 
 
+def test_the_primary_answers_more_rows_and_is_compared_on_the_first_ones(
+    tiny_gguf: Path, tmp_path: Path
+) -> None:
+    """``bench.quality.primary_test_rows``: the primary answers 6 rows, the others 4; its figures on its first
+    4 rows are recorded beside. Planted: the references of rows 0, 2, 4 and 5 are the model's own answers."""
+    from edgesft.isolate import call
+
+    prompts = [*PROMPTS, "call dad now", "navigate home"]
+    schema = schema_text(PLANTED)
+    answers = _answers(tiny_gguf, prompts, schema)
+    wrong = {"intent": "call", "slots": {"contact": "nobody"}}
+    refs = [a if i in (0, 2, 4, 5) else json.dumps(wrong) for i, a in enumerate(answers)]
+    assert [json.loads(r) != wrong for r in refs] == [True, False, True, False, True, True], answers
+    test_file = tmp_path / "test.jsonl"
+    test_file.write_text(
+        "".join(
+            json.dumps({"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": r}]})
+            + "\n"
+            for p, r in zip(prompts, refs, strict=True)
+        )  # fmt: skip
+    )
+    sequences = tmp_path / "sequences.json"
+    sequences.write_text("[]")
+    quality = {"sequences": str(sequences), "reference_dir": None, "test_file": str(test_file), "task": "json",
+               "max_new_tokens": BUDGET, "schema": schema, "test_rows": 6, "common_rows": 4}  # fmt: skip
+    request = {"artifact": str(tiny_gguf), "threads": 1, "latency": None, "quality": quality}
+    test = call("edgesft.benchmark:bench_artifact", request, timeout=600)["quality"]["test"]
+    assert (test["n"], test["exact_match"]) == (6, pytest.approx(4 / 6))
+    assert (test["first_rows"]["n"], test["first_rows"]["exact_match"]) == (4, 0.5)
+    others = call("edgesft.benchmark:bench_artifact", {**request, "quality": {**quality, "test_rows": 4,
+                  "common_rows": None}}, timeout=600)["quality"]["test"]  # fmt: skip
+    assert "first_rows" not in others and others["exact_match"] == 0.5
+
+
 @pytest.mark.slow
 def test_constrained_onnx_decoding_never_leaves_the_schema(tiny: Path, tmp_path: Path) -> None:
     from edgesft.config import OnnxVariant

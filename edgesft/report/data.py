@@ -78,7 +78,17 @@ def build_report(run_dir: Path) -> dict[str, Any]:
         "verify": {r.key: r.verified for r in run.artifacts().values() if r.verified is not None},
         "primary": primary_key(artifacts, bundle_primary(run.manifest("export"))),
         "bench": (
-            {k: bench.get(k) for k in ("threads", "reference_stage", "val_rows", "test_rows", "seconds")}
+            {
+                k: bench.get(k)
+                for k in (
+                    "threads",
+                    "reference_stage",
+                    "val_rows",
+                    "test_rows",
+                    "primary_test_rows",
+                    "seconds",
+                )
+            }
             if bench
             else None
         ),

@@ -217,8 +217,16 @@ def build_tables(report: dict[str, Any]) -> dict[str, Table]:
                 sig(q.get("kl_p99")),
                 pct(q.get("top1_agreement")),
                 *(pct(test.get(m)) for m in test_keys),
+                num(test.get("n"), 0),
             ]
         )
+        first = test.get("first_rows")
+        if isinstance(first, dict):  # the primary on the rows the others answered (primary_test_rows)
+            blank = ["", "", "", ""]
+            label = f"{artifact_label(report, key)}, first {first.get('n')} rows"
+            quality_rows.append(
+                [label, *blank, *(pct(first.get(m)) for m in test_keys), num(first.get("n"), 0)]
+            )
     ref = bench.get("reference_stage") or "the PyTorch model"
     tables["artifact_quality"] = Table(
         "Artifacts: quality",
@@ -229,9 +237,10 @@ def build_tables(report: dict[str, Any]) -> dict[str, Table]:
             "KL p99",
             "top-1 agreement %",
             *(f"{METRIC_LABELS[m]} %" for m in test_keys),
+            "test n",
         ],
         quality_rows,
-        set(range(1, 5 + len(test_keys))),
+        set(range(1, 6 + len(test_keys))),
         f"KL divergence (nats) and top-1 agreement against {ref}, in each artifact's own runtime.",
     )
     return tables

@@ -156,7 +156,10 @@ def run(recipe: Recipe, inputs: StageInputs, out_dir: Path) -> StageResult:
         print(f"  reference log-probs of the tuned model ({ref}) on {len(sequences)} validation rows")
         write_reference(ref_path, sequences, reference_dir, threads)
     test_file = data_dir / "test.jsonl"
-    test_rows = len(load_rows(test_file)[: cfg.quality.test_rows])
+    split = load_rows(test_file)
+    test_rows = len(split[: cfg.quality.test_rows])
+    primary = RunFolder(inputs.run_dir, inputs.upstream).primary()
+    primary_rows = len(split[: cfg.quality.primary_test_rows]) if cfg.quality.primary_test_rows else 0
     quality_req = {
         "sequences": str(seq_file),
         "reference_dir": str(reference_dir) if sequences else None,
@@ -190,11 +193,14 @@ def run(recipe: Recipe, inputs: StageInputs, out_dir: Path) -> StageResult:
             rec.update(status="failed", error=t.error or missing, size_bytes=None)
             print(f"  {t.key}: not measured ({rec['error']})")
             continue
+        quality = quality_req
+        if primary is not None and t.key == primary.key and primary_rows > test_rows:
+            quality = {**quality_req, "test_rows": primary_rows, "common_rows": test_rows}
         t0 = time.perf_counter()
         try:
             got = call(
                 "edgesft.benchmark:bench_artifact",
-                {"artifact": str(path), "threads": threads, "latency": latency_cfg, "quality": quality_req},
+                {"artifact": str(path), "threads": threads, "latency": latency_cfg, "quality": quality},
                 timeout=cfg.timeout_s,
             )
         except IsolatedFailure as e:
@@ -221,6 +227,8 @@ def run(recipe: Recipe, inputs: StageInputs, out_dir: Path) -> StageResult:
         "reference_stage": ref,
         "val_rows": len(sequences),
         "test_rows": test_rows,
+        "primary": primary.key if primary is not None else None,
+        "primary_test_rows": max(primary_rows, test_rows) if primary is not None else None,
         "artifacts": records,
         "seconds": round(time.perf_counter() - t_start, 1),
     }
