@@ -234,7 +234,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def _print_bench_summary(bench: dict[str, Any]) -> None:
     """One row per artifact of a run's bench.json."""
     print(
-        f"{'artifact':32s} {'status':8s} {'MiB':>8s} {'tok/s':>8s} {'val ppl':>8s} {'KL':>7s} {'exact':>6s}"
+        f"{'artifact':32s} {'status':8s} {'MiB':>8s} {'tok/s':>8s} {'val ppl':>8s} {'KL':>7s} {'exact':>6s} {'rows':>6s}"
     )
     for key, a in bench["artifacts"].items():
         decode = ((a.get("latency") or {}).get("decode") or {}).get("0", {}).get("tok_s", {}).get("median")
@@ -246,6 +246,7 @@ def _print_bench_summary(bench: dict[str, Any]) -> None:
             f"{q['val_perplexity']:8.3f}" if q.get("val_perplexity") is not None else f"{'-':>8s}",
             f"{q['kl_mean']:7.4f}" if q.get("kl_mean") is not None else f"{'-':>7s}",
             f"{100 * exact:6.1f}" if exact is not None else f"{'-':>6s}",
+            f"{(q.get('test') or {}).get('n', '-'):>6}",
         ]
         print(f"{key:32s} {str(a.get('status')):8s} " + " ".join(cells))
 

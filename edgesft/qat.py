@@ -432,11 +432,42 @@ def ggml_quantize(weight: Any, qtype: str, imatrix: Any = None, choice: Any = No
         raise EdgesftError(f"qat: ggml type {qtype} is not simulated")
     if weight.shape[-1] % GGML_BLOCK[qtype]:
         raise EdgesftError(f"qat: rows of {weight.shape[-1]} do not divide into {qtype} blocks")
+    rows = max(1, SLICE_WEIGHTS // weight.shape[-1])
+    values, choices = [], []
     with torch.no_grad():
-        x = _f16(weight.detach().to(torch.float32))
         iw = imatrix.to(torch.float32) if imatrix is not None else None
-        value, choice = _GGML[qtype](x, iw, choice)
-    return value.to(weight.dtype), choice
+        for start in range(0, weight.shape[0], rows):
+            x = _f16(weight[start : start + rows].detach().to(torch.float32))
+            value, got = _GGML[qtype](x, iw, _sliced(choice, start, start + rows))
+            values.append(value.to(weight.dtype))
+            choices.append(got)
+    return torch.cat(values), _joined(choices)
+
+
+SLICE_WEIGHTS = 1 << 16
+"""Weights quantized at a time. Every format rounds each row on its own, so a weight is quantized a slice
+of rows after another: the ~20 float32 temporaries of a slice stay in the CPU cache instead of streaming
+the whole tensor through memory once per operation (QAT healing quantizes every weight at every step)."""
+
+
+def _sliced(choice: Any, start: int, stop: int) -> Any:
+    """Rows ``start:stop`` of a search's choices (a tensor, or a tuple of tensors, by row)."""
+    if choice is None:
+        return None
+    if isinstance(choice, tuple):
+        return tuple(c[start:stop] for c in choice)
+    return choice[start:stop]
+
+
+def _joined(parts: list[Any]) -> Any:
+    """The choices of consecutive row slices as one (None for formats without a search)."""
+    import torch
+
+    if parts[0] is None:
+        return None
+    if isinstance(parts[0], tuple):
+        return tuple(torch.cat(column) for column in zip(*parts, strict=True))
+    return torch.cat(parts)
 
 
 # --------------------------------------------------------------------------------------------------------

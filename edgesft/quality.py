@@ -21,6 +21,15 @@ from edgesft.io import atomic_write_text
 POINT_METRICS = ("exact_match", "intent_accuracy", "slot_f1", "valid_json")
 
 
+def common_rows(test: Any) -> dict[str, Any]:
+    """An artifact's test metrics on the rows every artifact of its run answered: ``first_rows`` where the
+    primary answered more (``bench.quality.primary_test_rows``), else all of its own."""
+    if not isinstance(test, dict):
+        return {}
+    first = test.get("first_rows")
+    return first if isinstance(first, dict) else test
+
+
 def test_rows(recipe: Recipe, data_dir: Path) -> list[Row]:
     rows = load_rows(data_dir / "test.jsonl")
     return rows[: recipe.eval.max_rows] if recipe.eval.max_rows else rows

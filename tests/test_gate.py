@@ -82,7 +82,13 @@ def _facts(**changes: Any) -> dict[str, Any]:
         "quality": {
             "val_perplexity": 3.0,
             "kl_mean": 0.03,
-            "test": {"exact_match": 0.80, "intent_accuracy": 0.95, "slot_f1": 0.90, "valid_json": 1.0},
+            "test": {
+                "n": 100,
+                "exact_match": 0.80,
+                "intent_accuracy": 0.95,
+                "slot_f1": 0.90,
+                "valid_json": 1.0,
+            },
         },
     }
     for key, value in changes.items():
@@ -478,6 +484,7 @@ def test_deterministic_figures_fail_with_the_right_row() -> None:
         "verification",
         "kl_mean",
         "val_perplexity",
+        "test rows",
     } <= figures
     assert {f"test {m}" for m in ("exact_match", "intent_accuracy", "slot_f1", "valid_json")} <= figures
 
@@ -495,6 +502,7 @@ def test_deterministic_figures_fail_with_the_right_row() -> None:
     assert failed(exact_match=0.78) == []  # a 2-point drop is the tolerance
     assert failed(exact_match=0.77) == [("test exact_match", a)]
     assert failed(slot_f1=0.99) == []
+    assert failed(n=400) == [("test rows", a)]  # figures on other rows are not compared as if the same
     assert failed(kl_mean=0.06) == [("kl_mean", a)]
     assert failed(val_perplexity=3.2) == [("val_perplexity", a)]  # +6.7% > 5%
     assert failed(verified="failed") == [("verification", a)]
@@ -505,7 +513,8 @@ def test_deterministic_figures_fail_with_the_right_row() -> None:
     lost[a]["quality"]["test"] = {}
     rows = [r for r in compare_facts(base, lost, cfg) if not r.ok]
     assert [r.figure for r in rows] == [
-        f"test {m}" for m in ("exact_match", "intent_accuracy", "slot_f1", "valid_json")
+        "test rows",
+        *(f"test {m}" for m in ("exact_match", "intent_accuracy", "slot_f1", "valid_json")),
     ]
     assert all(r.current is None and r.note == "missing" for r in rows)
     assert failed(status="crashed") == [("artifact", a)]
@@ -520,6 +529,9 @@ def test_deterministic_figures_fail_with_the_right_row() -> None:
 def test_facts_from_manifests_and_primary(tmp_path: Path) -> None:
     run = tmp_path / "run"
     gguf_art = {"kind": "gguf", "status": "ok", "size_bytes": 10, "params": None, "fallback_tensors": None}
+    # the primary answered 400 rows, the others 100: the gate holds it to its figures on the first 100
+    first = {"n": 100, "exact_match": 0.6}
+    gguf_art["quality"] = {"kl_mean": 0.1, "test": {"n": 400, "exact_match": 0.5, "first_rows": first}}
     bench = {
         "artifacts": {
             "torch/merge": {"kind": "torch", "stage": "merge", "status": "ok"},
@@ -544,6 +556,7 @@ def test_facts_from_manifests_and_primary(tmp_path: Path) -> None:
         (run / stage / "manifest.json").write_text(json.dumps({"status": "complete", **m}))
     facts = artifact_facts(run, bench)["gguf/m-Q4_K_M.gguf"]
     assert (facts["params"], facts["fallback_tensors"], facts["verified"]) == (1234, 2, "passed")
+    assert facts["quality"]["test"] == first
     assert artifact_facts(run, bench)["torch/merge"]["params"] == 1234
     assert primary_key(run, bench) == "gguf/m-Q4_K_M.gguf"  # no export stage: the first GGUF
     (run / "export").mkdir()

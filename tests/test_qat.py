@@ -71,9 +71,16 @@ def _llama_cpp_quantize(w: np.ndarray, qtype: str, imatrix: np.ndarray | None) -
     return quants.dequantize(dst.reshape(rows, -1), gtype)
 
 
+@pytest.mark.parametrize("slice_rows", [None, 5], ids=["whole", "5-row-slices"])
 @pytest.mark.parametrize("imatrix", [False, True], ids=["ref", "imatrix"])
 @pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q5_0", "Q8_0", "Q4_K", "Q6_K"])
-def test_ggml_types_equal_llama_cpp_quantizer(qtype: str, imatrix: bool) -> None:
+def test_ggml_types_equal_llama_cpp_quantizer(
+    qtype: str, imatrix: bool, slice_rows: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edgesft import qat
+
+    if slice_rows:  # 48 rows quantized 5 at a time, the last slice short: choices split and joined by row
+        monkeypatch.setattr(qat, "SLICE_WEIGHTS", 768 * slice_rows)
     w = _hostile(48, 768)
     im = np.random.default_rng(1).gamma(1.0, 1.0, 768).astype(np.float32) if imatrix else None
     ref = _llama_cpp_quantize(w, qtype, im)

@@ -21,6 +21,7 @@ from edgesft.cli import main
 from edgesft.errors import EdgesftError
 from edgesft.report import (
     PLOTS,
+    QUALITY_AXES,
     build_report,
     pareto_front,
     primary_key,
@@ -29,6 +30,7 @@ from edgesft.report import (
     validate_report,
     write_report,
 )
+from edgesft.report.data import quality_value
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -383,6 +385,9 @@ def test_report_validates_and_embeds_every_plot(tmp_path: Path) -> None:
     for key in report["artifacts"]:
         assert re.search(rf"^\| {re.escape(key)}( \(primary\))? \|", md, re.M), key
     assert report["bench"]["primary_test_rows"] == 400
+    # the front compares the primary on the rows the others answered
+    axis = next(a for a in QUALITY_AXES if a.name == "test.exact_match")
+    assert quality_value(report["artifacts"]["gguf/phone-Q4_K_M.gguf"], axis) == 0.44
     assert re.search(r"^\| gguf/phone-Q4_K_M\.gguf \(primary\), first 100 rows( \| ){5}44\.0 \|", md, re.M)
     rows = [line for line in md.splitlines() if line.startswith("| gguf/phone-Q4_K_M.gguf (primary) |")]
     assert len(rows) == 3  # artifacts, latency, quality

@@ -137,6 +137,8 @@ def _artifact_rows(key: str, b: dict[str, Any], c: dict[str, Any], cfg: CheckCon
         ("size bytes", b.get("size_bytes"), c.get("size_bytes"), "relative rise", cfg.size_tolerance),
         ("params", b.get("params"), c.get("params"), "equal", 0.0),
         ("fallback tensors", b.get("fallback_tensors"), c.get("fallback_tensors"), "no rise", 0.0),
+        # task metrics on different test rows are not comparable: the rows answered must match
+        ("test rows", bt.get("n"), ct.get("n"), "equal", 0.0),
         *(
             (f"test {m}", bt.get(m), ct.get(m), "drop in points", cfg.quality_tolerance)
             for m in POINT_METRICS

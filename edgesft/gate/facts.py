@@ -12,7 +12,7 @@ from typing import Any
 
 from edgesft.errors import EdgesftError
 from edgesft.io import read_json
-from edgesft.quality import POINT_METRICS
+from edgesft.quality import POINT_METRICS, common_rows
 from edgesft.runfolder import RunFolder, bundle_primary
 from edgesft.runfolder import primary_key as primary_of
 
@@ -66,7 +66,10 @@ def artifact_facts(run: Path, bench: dict[str, Any]) -> dict[str, dict[str, Any]
             "quality": {
                 "val_perplexity": quality.get("val_perplexity"),
                 "kl_mean": quality.get("kl_mean"),
-                "test": {k: v for k, v in (quality.get("test") or {}).items() if k in POINT_METRICS},
+                # on the rows every artifact answered: the primary's first ones (bench.quality.primary_test_rows)
+                "test": {
+                    k: v for k, v in common_rows(quality.get("test")).items() if k in ("n", *POINT_METRICS)
+                },
             },
         }
     return facts

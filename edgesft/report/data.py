@@ -17,7 +17,7 @@ from edgesft.environment import LIBRARIES
 from edgesft.errors import EdgesftError
 from edgesft.io import read_json
 from edgesft.machine import machine_info
-from edgesft.quality import POINT_METRICS
+from edgesft.quality import POINT_METRICS, common_rows
 from edgesft.runfolder import RunFolder, bundle_primary, primary_key
 
 SCHEMA = "edgesft.report/2"  # 2: size_bytes (was file_bytes); primary is an artifact key
@@ -222,8 +222,12 @@ def decode_speed(artifact: dict[str, Any], depth: str = "0") -> float | None:
 
 
 def quality_value(artifact: dict[str, Any], axis: QualityAxis) -> float | None:
-    """The artifact's figure on ``axis`` (unsigned), None where it has none."""
-    value = dig(artifact.get("quality") or {}, *axis.keys)
+    """The artifact's figure on ``axis`` (unsigned), None where it has none; test metrics on the rows every
+    artifact answered (:func:`edgesft.quality.common_rows`), so that the front compares like with like."""
+    quality = dict(artifact.get("quality") or {})
+    if axis.keys[0] == "test":
+        quality["test"] = common_rows(quality.get("test"))
+    value = dig(quality, *axis.keys)
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
