@@ -272,7 +272,7 @@ def test_run_folders_interleaved_and_deterministic_failure_exit_1(
     assert any("decode tok/s" in ln and "interleaved" in ln and " ok " in ln for ln in out)
     fail = [ln for ln in out if " FAIL " in ln]
     assert len(fail) == 1 and "test exact_match" in fail[0] and "-10.0 pts" in fail[0]
-    assert out[-1] == "check FAILED: 1 of 11 figures regressed (test exact_match of gguf/m.gguf)"
+    assert out[-1] == "check FAILED: 1 of 12 figures regressed (test exact_match of gguf/m.gguf)"
 
 
 @pytest.mark.slow
