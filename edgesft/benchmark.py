@@ -227,7 +227,6 @@ def answer_rows(
     """Greedy answers in the artifact's runtime, prompted with its own chat template (constrained to
     ``schema`` by the runtime's own engine, when given); task metrics."""
     from edgesft.chat import prompt_and_answer
-    from edgesft.metrics import TASKS
     from edgesft.runtimes import encode_chat
 
     stops = set(art.eos_ids())
@@ -241,20 +240,17 @@ def answer_rows(
         if new and new[-1] in stops:
             new = new[:-1]
         answers.append(art.detokenize(new).strip())
-    refs = [prompt_and_answer(r.messages)[1] for r in rows]
-    metrics: dict[str, Any] = dict(TASKS[task](answers, refs))
+    metrics = task_scores(task, rows, answers)
     metrics.update(generate_s=round(time.perf_counter() - t0, 2), generated_tokens=tokens)
     return metrics, answers
 
 
-def first_rows(task: str, rows: list[Any], answers: list[str], n: int) -> dict[str, Any]:
-    """Task metrics of the first ``n`` answers only: an artifact that answered more rows than the others
-    (the primary, ``bench.quality.primary_test_rows``) compared with them on the rows they all answered."""
+def task_scores(task: str, rows: list[Any], answers: list[str]) -> dict[str, Any]:
+    """Task metrics of ``answers`` against the reference answers of ``rows`` (the same length)."""
     from edgesft.chat import prompt_and_answer
     from edgesft.metrics import TASKS
 
-    refs = [prompt_and_answer(r.messages)[1] for r in rows[:n]]
-    return {"n": len(refs), **TASKS[task](answers[:n], refs)}
+    return dict(TASKS[task](answers, [prompt_and_answer(r.messages)[1] for r in rows]))
 
 
 def _torch_answers(
@@ -324,8 +320,8 @@ def bench_artifact(
             answer = _torch_answers if art.kind == "torch" else answer_rows
             q["test"], answers = answer(art, rows, task, limit, schema)
             common = quality.get("common_rows")
-            if common and common < len(rows):
-                q["test"]["first_rows"] = first_rows(task, rows, answers, common)
+            if common and common < len(rows):  # the primary, on the rows the others answered
+                q["test"]["first_rows"] = task_scores(task, rows[:common], answers[:common])
         out["quality"] = q
         art.close()
     return out

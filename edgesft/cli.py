@@ -239,14 +239,15 @@ def _print_bench_summary(bench: dict[str, Any]) -> None:
     for key, a in bench["artifacts"].items():
         decode = ((a.get("latency") or {}).get("decode") or {}).get("0", {}).get("tok_s", {}).get("median")
         q = a.get("quality") or {}
-        exact = (q.get("test") or {}).get("exact_match")
+        test = q.get("test") or {}
+        exact = test.get("exact_match")
         cells = [
             f"{a['size_bytes'] / 2**20:8.1f}" if a.get("size_bytes") is not None else f"{'-':>8s}",
             f"{decode:8.1f}" if decode else f"{'-':>8s}",
             f"{q['val_perplexity']:8.3f}" if q.get("val_perplexity") is not None else f"{'-':>8s}",
             f"{q['kl_mean']:7.4f}" if q.get("kl_mean") is not None else f"{'-':>7s}",
             f"{100 * exact:6.1f}" if exact is not None else f"{'-':>6s}",
-            f"{(q.get('test') or {}).get('n', '-'):>6}",
+            f"{test.get('n', '-'):>6}",
         ]
         print(f"{key:32s} {str(a.get('status')):8s} " + " ".join(cells))
 
