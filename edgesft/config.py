@@ -321,6 +321,13 @@ class WidthPrune(_Section):
     multiple: int = Field(64, ge=1, le=4096)
     """Round the new MLP width down to a multiple of this. llama.cpp's k-quants need row lengths divisible
     by 256 (the MLP down projection's rows have this width); other widths fall back to other quant types."""
+    hidden_size: int | None = Field(None, ge=1)
+    """Hidden (residual-stream) channels to keep, the same ones in every block, the embedding and the LM
+    head (Minitron's embedding-channel pruning: the channels whose norm outputs are largest). A multiple of
+    256 lets every tensor take llama.cpp's k-quants, the embedding and output tensor included. transformers
+    must accept the result: Llama, Mistral and Gemma configs need it to be a multiple of the attention head
+    count (SmolLM2-135M's 9 heads allow no multiple of 256 below 576; the stage says which sizes fit).
+    Absent: keep the hidden size. The MLP width (or depth) fills what it leaves of the target."""
 
 
 class QatConfig(_Section):

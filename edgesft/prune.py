@@ -1,6 +1,6 @@
 """Structured pruning of decoder-only causal LMs: importance scores and in-place model surgery.
 
-Three kinds of structure are removed, each scored on calibration batches:
+Four kinds of structure are removed, each scored on calibration batches:
 
 * whole decoder blocks (depth), scored by ShortGPT's Block Influence (Men et al. 2024, "ShortGPT: Layers in
   Large Language Models are More Redundant Than You Expect") or by the angular distance between a block run's
@@ -9,6 +9,8 @@ Three kinds of structure are removed, each scored on calibration batches:
   Language Models via Pruning and Knowledge Distillation"), weighted by the norm of what they write out;
 * KV groups under grouped-query attention: one KV head with the query heads that read it, scored by the size
   of those heads' contribution to the residual stream.
+* hidden channels (the residual stream's width, the embedding's columns), scored by the size of the norm
+  outputs that carry them, as Minitron scores embedding channels.
 
 Every function keeps all blocks the same shape: each block keeps the same number of neurons and KV groups
 (its own best ones). GGUF and ONNX exporters, and transformers' config format, describe a model by one
@@ -105,7 +107,11 @@ class Layout:
     """Gate and up projections, or one name for a fused one whose rows are [gate | up]."""
     down: str = "down_proj"
     norms: tuple[str, ...] = ("input_layernorm", "post_attention_layernorm")
-    """The block's hidden-size norms: width pruning keeps the hidden size, so none is ever sliced."""
+    """The block's hidden-size norms (sliced, and rescaled, only by hidden-size pruning)."""
+    final_norm: str = "model.norm"
+    """The norm before the LM head, relative to the model."""
+    norm_offset: float = 0.0
+    """What the norm adds to its stored weight before scaling (Gemma stores ``w`` and scales by ``1 + w``)."""
     head_norms: tuple[str, ...] = ()
     """Norms over one head's vector (q_norm, k_norm): shared by all heads, so KV-group pruning keeps them."""
     qkv_bias: bool = False
@@ -154,12 +160,14 @@ ARCHITECTURES: dict[str, Layout] = {
     "gemma2": Layout(
         attention_bias="attention_bias",
         norms=_GEMMA_NORMS,
+        norm_offset=1.0,
         layer_lists=("layer_types",),
         pattern=LayerPattern("layer_types", 2, "full_attention", "sliding_attention", "global attention"),
     ),
     "gemma3_text": Layout(
         attention_bias="attention_bias",
         norms=_GEMMA_NORMS,
+        norm_offset=1.0,
         head_norms=("q_norm", "k_norm"),
         layer_lists=("layer_types",),
         pattern=LayerPattern("layer_types", 6, "full_attention", "sliding_attention", "global attention"),
@@ -900,12 +908,194 @@ def prune_kv_groups(model: Any, keep: int, importance: list[Any]) -> None:
 
 
 # --------------------------------------------------------------------------------------------------------
+# Hidden size: channels of the residual stream
+
+
+@dataclass(frozen=True)
+class HiddenImportance:
+    """What :func:`prune_hidden` needs, from one calibration pass of :func:`hidden_importance`.
+
+    ``scores``: per hidden channel, the sum over every hidden-size norm (each block's, then the final one) of
+    the RMS over real tokens of that norm's output channel. ``energy``: per norm (by module name), the sum over
+    real tokens of its input squared, per channel: it sizes each norm's rescale once channels are gone.
+    """
+
+    scores: Any
+    energy: dict[str, Any]
+
+
+def _hidden_norms(model: Any) -> dict[str, Any]:
+    """Every norm over the hidden size, by module name: each block's (the layout's ``norms``), then the final
+    one."""
+    layout, layers = _blocks(model)
+    norms = {
+        f"{layout.blocks}.{i}.{name}": getattr(layer, name)
+        for i, layer in enumerate(layers)
+        for name in layout.norms
+    }
+    final = _resolve(model, layout.final_norm)
+    if final is None or getattr(final, "weight", None) is None:
+        raise EdgesftError(f"prune: expected the final norm at {layout.final_norm} in {type(model).__name__}")
+    norms[layout.final_norm] = final
+    return norms
+
+
+def hidden_importance(model: Any, batches: list[Batch]) -> HiddenImportance:
+    """Importance of each hidden channel (Minitron's embedding-channel score: the size of the norm outputs
+    that channel carries, summed over the model's norms), and each norm's input energy per channel.
+
+    Every block reads the residual stream through a norm, so a channel whose normalised value is small
+    everywhere is one that no projection, and not the LM head, sees much of. Float32 tensors on the CPU.
+    """
+    norms = _hidden_norms(model)
+    size = model.config.hidden_size
+    current: dict[str, Any] = {}
+    out_sq: dict[str, Any] = {}
+    in_sq: dict[str, Any] = {}
+
+    def hook_for(name: str) -> Callable[..., None]:
+        def hook(module: Any, args: tuple[Any, ...], output: Any) -> None:
+            x = args[0][current["valid"]].double()
+            y = output[current["valid"]].double()
+            for sums, v in ((in_sq, x), (out_sq, y)):
+                s = (v * v).sum(dim=0)
+                sums[name] = s if name not in sums else sums[name] + s
+
+        return hook
+
+    tokens = 0
+    with _hooks() as handles, _calibration_mode(model):
+        for name, norm in norms.items():
+            if tuple(norm.weight.shape) != (size,):
+                raise EdgesftError(
+                    f"prune: {name} has a weight of shape {tuple(norm.weight.shape)}, the config says a hidden "
+                    f"size of {size}"
+                )
+            handles.append(norm.register_forward_hook(hook_for(name)))
+        for n in _run_batches(model, batches, current):
+            tokens += n
+    scores = sum((out_sq[name] / tokens).sqrt() for name in norms)
+    return HiddenImportance(
+        scores=scores.float().cpu(), energy={name: in_sq[name].float().cpu() for name in norms}
+    )
+
+
+def _hidden_size_problem(config: Any, new_size: int) -> str | None:
+    """Why transformers would refuse ``config`` at hidden size ``new_size`` (with the head size written out),
+    and the hidden sizes below the current one that it takes and that llama.cpp's k-quants take (multiples
+    of 256), on one line; None when it loads."""
+    size, d = config.hidden_size, _head_dim(config)
+    if new_size == size:
+        return None
+    why = _unloadable(config, hidden_size=new_size, head_dim=d)
+    if why is None:
+        return None
+    fits = [h for h in range(256, size, 256) if _unloadable(config, hidden_size=h, head_dim=d) is None]
+    return (
+        f"prune: hidden_size {new_size} gives a {config.model_type} config that transformers refuses ({why}); "
+        f"hidden sizes below {size} that it takes and that are multiples of 256: "
+        f"{', '.join(map(str, fits)) or 'none'}"
+    )
+
+
+def _slice_norm(norm: Any, keep: Any, scale: float, offset: float) -> None:
+    """Keep the channels ``keep`` of a norm's weight and multiply its effective gain by ``scale``."""
+    import torch
+
+    with torch.no_grad():
+        w = norm.weight.index_select(0, keep.to(norm.weight.device))
+        w = (w + offset) * scale - offset
+        norm.weight = torch.nn.Parameter(w, requires_grad=norm.weight.requires_grad)
+
+
+def prune_hidden(model: Any, new_size: int, importance: HiddenImportance) -> None:
+    """Keep the ``new_size`` most important hidden channels in place (:func:`hidden_importance`), the same
+    ones everywhere: they are one residual stream.
+
+    What reads the stream loses input columns (every q/k/v and gate/up projection, the LM head), what writes
+    it loses output rows (o and down projections, their biases, the embedding's columns), and every norm over
+    it loses the same channels. Two things the shapes alone would change are put back:
+
+    * An RMS norm divides by the root mean square over the channels it sees. With the small channels gone
+      that mean is taken over fewer, larger values, so each norm's gain is multiplied by its
+      ``rms(kept channels) / rms(all channels)`` over the calibration tokens (exact where the removed
+      channels carried nothing).
+    * Gemma scales its embeddings by sqrt(hidden_size): the embedding is multiplied by
+      sqrt(old / new) so that the stream starts where it did, and, where the LM head shares that matrix, the
+      final norm's gain divided by the same factor so that the logits do not change.
+
+    ``config.head_dim`` is written out: hidden_size / num_attention_heads no longer gives it.
+    """
+    import torch
+
+    layout, layers = _blocks(model)
+    _attention_shape(model)
+    cfg = model.config
+    size, d = cfg.hidden_size, _head_dim(cfg)
+    if not 1 <= new_size <= size:
+        raise EdgesftError(f"prune: hidden_size must be in 1..{size}, got {new_size}")
+    norms = _hidden_norms(model)
+    scores = importance.scores
+    if tuple(scores.shape) != (size,) or set(importance.energy) != set(norms):
+        raise EdgesftError(
+            f"prune: expected hidden importance over {size} channels and {len(norms)} norms, got "
+            f"{tuple(scores.shape)} and {len(importance.energy)}"
+        )
+    if new_size == size:
+        return
+    problem = _hidden_size_problem(cfg, new_size)
+    if problem:
+        raise EdgesftError(problem)
+    keep = _top_sorted(scores, new_size)
+    embed, head = model.get_input_embeddings(), model.get_output_embeddings()
+    tied = head is not None and head.weight is embed.weight
+    embed_factor = 1.0
+    if getattr(embed, "embed_scale", None) is not None:
+        embed_factor = math.sqrt(size / new_size)
+
+    for name, norm in norms.items():
+        energy = importance.energy[name].double()
+        total = float(energy.sum())
+        kept = float(energy[keep].sum())
+        gain = math.sqrt((kept / new_size) / (total / size)) if total > 0 and kept > 0 else 1.0
+        if name == layout.final_norm and tied:
+            gain /= embed_factor
+        _slice_norm(norm, keep, gain, layout.norm_offset)
+    for layer in layers:
+        attn, mlp = _attention(layout, layer), _mlp(layout, layer)
+        for name in layout.qkv:
+            _slice_linear(getattr(attn, name), 1, keep)
+        _slice_linear(getattr(attn, layout.o), 0, keep)
+        for name in layout.gate_up:
+            _slice_linear(getattr(mlp, name), 1, keep)
+        _slice_linear(getattr(mlp, layout.down), 0, keep)
+    with torch.no_grad():
+        w = embed.weight.index_select(1, keep.to(embed.weight.device)) * embed_factor
+        embed.weight = torch.nn.Parameter(w, requires_grad=embed.weight.requires_grad)
+        embed.embedding_dim = new_size
+        if getattr(embed, "embed_scale", None) is not None:
+            embed.embed_scale.fill_(new_size**0.5)
+            if hasattr(embed, "scalar_embed_scale"):
+                embed.scalar_embed_scale = new_size**0.5
+    if tied:
+        head.weight = embed.weight
+        head.in_features = new_size
+    elif head is not None:
+        _slice_linear(head, 1, keep)
+    for module in model.modules():  # sizes some modules keep from their construction
+        if getattr(module, "hidden_size", None) == size:
+            module.hidden_size = new_size
+    cfg.hidden_size = new_size
+    cfg.head_dim = d
+
+
+# --------------------------------------------------------------------------------------------------------
 # Planning: the pruned shape from a parameter target
 
 
-def _non_embedding_formula(config: Any) -> Callable[[int, int, int], int]:
-    """``f(layers, intermediate, kv_heads)`` -> non-embedding parameters of ``config``'s architecture with
-    those sizes (query heads per KV head and head size fixed).
+def _non_embedding_formula(config: Any) -> Callable[..., int]:
+    """``f(layers, intermediate, kv_heads, hidden=config.hidden_size)`` -> non-embedding parameters of
+    ``config``'s architecture with those sizes (query heads per KV head and head size fixed).
 
     Per block: the attention projections (a fused qkv has as many weights as three separate ones) and their
     biases, the per-head norms (one head_dim vector each), the MLP (three matrices, fused or not) and its
@@ -913,13 +1103,13 @@ def _non_embedding_formula(config: Any) -> Callable[[int, int, int], int]:
     blocks hold exactly these parameters.
     """
     layout = _layout(config)
-    h = config.hidden_size
     heads, kv_heads, d = config.num_attention_heads, config.num_key_value_heads, _head_dim(config)
     per_group = heads // kv_heads
     qkv_bias, o_bias, mlp_bias = _biases(layout, config)
-    norms, head_norms = len(layout.norms) * h, len(layout.head_norms) * d
+    head_norms = len(layout.head_norms) * d
 
-    def count(layers: int, intermediate: int, kv: int) -> int:
+    def count(layers: int, intermediate: int, kv: int, h: int = config.hidden_size) -> int:
+        norms = len(layout.norms) * h
         q_width, kv_width = kv * per_group * d, kv * d
         attention = 2 * h * q_width + 2 * h * kv_width + head_norms
         attention += (q_width + 2 * kv_width) * qkv_bias + h * o_bias
@@ -938,6 +1128,7 @@ def plan_pruning(
     mlp: bool = False,
     kv_groups: int = 0,
     multiple: int = 1,
+    hidden_size: int | None = None,
 ) -> dict[str, Any]:
     """The pruned shape for a transformers config, computed from a parameter formula without touching weights.
 
@@ -953,6 +1144,8 @@ def plan_pruning(
             ``multiple`` that reaches it (at least ``multiple``).
         kv_groups: KV groups removed per block (0 = none).
         multiple: the MLP width is kept a multiple of this (hardware-friendly matmul shapes).
+        hidden_size: the hidden size kept (None = the model's); MLP width or depth fills what it leaves of
+            the target.
 
     Raises EdgesftError when the target cannot be reached, or when the options leave the shape undetermined.
     """
@@ -978,6 +1171,14 @@ def plan_pruning(
         # transformers 5 validates every config it builds and saves: the pruned model could be cut but never
         # saved or loaded again.
         raise EdgesftError(problem)
+    if hidden_size is not None:
+        if not 1 <= hidden_size <= config.hidden_size:
+            raise EdgesftError(
+                f"prune: hidden_size must be in 1..{config.hidden_size} (the model's), got {hidden_size}"
+            )
+        problem = _hidden_size_problem(config, hidden_size)
+        if problem:
+            raise EdgesftError(problem)
     if depth_layers is not None:
         if not depth:
             raise EdgesftError("prune: depth_layers is set but depth pruning is off")
@@ -1010,27 +1211,30 @@ def plan_pruning(
 
     layers_removed = depth_layers or 0
     kv_after = kv_heads - kv_groups
+    hidden = config.hidden_size if hidden_size is None else hidden_size
     width = size
-    after = count(n_layers - layers_removed, width, kv_after)
+    after = count(n_layers - layers_removed, width, kv_after, hidden)
     if target is not None and after > target:
         if mlp:
             widths = range(size // multiple * multiple, 0, -multiple)
-            found = next((w for w in widths if count(n_layers - layers_removed, w, kv_after) <= target), None)
+            found = next(
+                (w for w in widths if count(n_layers - layers_removed, w, kv_after, hidden) <= target), None
+            )
             if found is None:
                 raise EdgesftError(
                     f"prune: cannot reach {target:,} non-embedding parameters (of {before:,}) by MLP width: "
                     f"intermediate_size {multiple} still leaves "
-                    f"{count(n_layers - layers_removed, multiple, kv_after):,}"
+                    f"{count(n_layers - layers_removed, multiple, kv_after, hidden):,}"
                 )
             width = found
         elif free_depth:
             found = next(
-                (n for n in range(1, n_layers) if count(n_layers - n, size, kv_after) <= target), None
+                (n for n in range(1, n_layers) if count(n_layers - n, size, kv_after, hidden) <= target), None
             )
             if found is None:
                 raise EdgesftError(
                     f"prune: cannot reach {target:,} non-embedding parameters (of {before:,}) by depth: "
-                    f"removing {n_layers - 1} of {n_layers} blocks still leaves {count(1, size, kv_after):,}"
+                    f"removing {n_layers - 1} of {n_layers} blocks still leaves {count(1, size, kv_after, hidden):,}"
                 )
             layers_removed = found
         else:
@@ -1038,7 +1242,7 @@ def plan_pruning(
                 f"prune: the explicit counts leave {after:,} non-embedding parameters (of {before:,}), above "
                 f"the target {target:,}; switch on MLP or depth pruning to reach it"
             )
-        after = count(n_layers - layers_removed, width, kv_after)
+        after = count(n_layers - layers_removed, width, kv_after, hidden)
 
     return {
         "layers_removed": layers_removed,
@@ -1048,6 +1252,7 @@ def plan_pruning(
         "num_key_value_heads": kv_after,
         "kv_groups_removed": kv_groups,
         "head_dim": _head_dim(config),
+        "hidden_size": hidden,
         "non_embedding_before": before,
         "non_embedding_after": after,
         "removed_fraction": (before - after) / before,

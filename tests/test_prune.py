@@ -329,6 +329,99 @@ def test_kv_group_pruning_drops_planted_silent_groups_without_changing_logits(ar
     assert torch.allclose(logits(model, batches()), before, atol=1e-5)
 
 
+def _plant_dead_channels(model: Any, dead: list[int]) -> None:
+    """Make the residual stream carry nothing in the ``dead`` channels: the embedding and every projection that
+    writes the stream (o and down, with their biases) put zeros there."""
+    with torch.no_grad():
+        model.get_input_embeddings().weight[:, dead] = 0
+        for layer in model.model.layers:
+            for linear in (layer.self_attn.o_proj, layer.mlp.down_proj):
+                linear.weight[dead] = 0
+                if linear.bias is not None:
+                    linear.bias[dead] = 0
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_hidden_pruning_drops_planted_dead_channels_without_changing_logits(
+    arch: str, tmp_path: Path
+) -> None:
+    # The norms' epsilon is what keeps the rescale from being exact (rms over fewer channels meets the same
+    # epsilon); a tiny model's stream is small enough (embeddings drawn at std 0.02) for 1e-6 to show.
+    model = tiny(arch, rms_norm_eps=1e-12)
+    dead = [3, 9, 10, 21, 40, 41, 50, 63, 0, 31, 32, 47, 5, 6, 7, 60]
+    _plant_dead_channels(model, dead)
+    d = getattr(model.config, "head_dim", None) or 16
+    tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    before = logits(model, batches())
+    planned = prune.plan_pruning(model.config, hidden_size=48)["non_embedding_after"]
+
+    importance = prune.hidden_importance(model, batches())
+    assert importance.scores.shape == (64,) and float(importance.scores[dead].abs().max()) == 0
+    assert float(importance.scores.min()) == 0 < float(importance.scores.max())
+    prune.prune_hidden(model, 48, importance)
+
+    cfg = model.config
+    assert (cfg.hidden_size, cfg.head_dim) == (48, d)
+    assert model.get_input_embeddings().weight.shape == (VOCAB, 48)
+    assert (model.get_output_embeddings().weight is model.get_input_embeddings().weight) == tied
+    assert model.model.layers[1].mlp.down_proj.weight.shape == (48, 128)
+    assert prune.non_embedding_params(model) == planned
+    assert torch.allclose(logits(model, batches()), before, atol=1e-4)
+    loaded = reload(model, tmp_path)
+    assert loaded.config.hidden_size == 48
+    assert torch.allclose(logits(loaded, batches()), before, atol=1e-4)
+
+
+def _first_norm_output(model: Any, data: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+    """Block 0's input norm output at every position: it reads the embedding alone."""
+    out: list[torch.Tensor] = []
+    handle = model.model.layers[0].input_layernorm.register_forward_hook(lambda m, a, o: out.append(o))
+    logits(model, data)
+    handle.remove()
+    return torch.cat(out)
+
+
+def test_hidden_pruning_rescales_norms_to_what_the_kept_channels_had() -> None:
+    """Where the removed channels carried a little (a tenth of the others' size, as a real model's quiet
+    channels do), an RMS norm over the kept ones divides by a larger mean: the rescale brings the kept
+    channels' normalised values back to what they were before the cut, and the cut without it does not."""
+    data = batches()
+
+    def model() -> Any:
+        m = tiny("llama")
+        with torch.no_grad():
+            m.get_input_embeddings().weight[:, :16] *= 0.1
+            for layer in m.model.layers:
+                for linear in (layer.self_attn.o_proj, layer.mlp.down_proj):
+                    linear.weight[:16] *= 0.1
+                    linear.bias[:16] *= 0.1
+        return m
+
+    before = _first_norm_output(model(), data)
+    importance = prune.hidden_importance(model(), data)
+    assert set(importance.scores.argsort()[:16].tolist()) == set(range(16))
+    plain = prune.HiddenImportance(
+        importance.scores, {k: torch.ones_like(v) for k, v in importance.energy.items()}
+    )
+    errors = {}
+    for name, imp in (("rescaled", importance), ("plain", plain)):
+        pruned = model()
+        prune.prune_hidden(pruned, 48, imp)
+        errors[name] = float((_first_norm_output(pruned, data) - before[..., 16:]).pow(2).mean())
+    assert errors["rescaled"] < 0.1 * errors["plain"]
+
+
+def test_hidden_pruning_refuses_sizes_transformers_cannot_load() -> None:
+    # SmolLM2-135M: 9 heads; Llama configs need a hidden size that is a multiple of the head count.
+    with pytest.raises(EdgesftError, match=r"hidden_size 512 gives a llama config .*multiples of 256: none"):
+        prune.plan_pruning(smollm2_135m_config(), target_fraction=0.25, mlp=True, hidden_size=512)
+    model = tiny("llama")
+    with pytest.raises(EdgesftError, match=r"hidden_size 50 gives a llama config"):
+        prune.prune_hidden(model, 50, prune.hidden_importance(model, batches()))
+    with pytest.raises(EdgesftError, match=r"hidden_size must be in 1\.\.64"):
+        prune.plan_pruning(model.config, hidden_size=80)
+
+
 def test_pruning_rejects_mismatched_requests() -> None:
     model = tiny_llama()
     with pytest.raises(EdgesftError, match="MLP width"):
@@ -611,8 +704,9 @@ def test_plan_depth_for_smollm2() -> None:
     assert plan["removed_fraction"] >= 0.25
 
 
+@pytest.mark.parametrize("hidden", [None, 48])
 @pytest.mark.parametrize("variant", ["llama6", "llama6_biases", "qwen2_96", *ARCHS])
-def test_planned_params_match_the_pruned_model(variant: str) -> None:
+def test_planned_params_match_the_pruned_model(variant: str, hidden: int | None) -> None:
     if variant == "qwen2_96":
         model = tiny_qwen2()
     elif variant.startswith("llama6"):
@@ -622,7 +716,14 @@ def test_planned_params_match_the_pruned_model(variant: str) -> None:
         model = tiny(variant)
     before = prune.non_embedding_params(model)
     plan = prune.plan_pruning(
-        model.config, target_fraction=0.4, depth_layers=1, depth=True, mlp=True, kv_groups=1, multiple=16
+        model.config,
+        target_fraction=0.4,
+        depth_layers=1,
+        depth=True,
+        mlp=True,
+        kv_groups=1,
+        multiple=16,
+        hidden_size=hidden,
     )
     assert plan["non_embedding_before"] == before
 
@@ -631,8 +732,11 @@ def test_planned_params_match_the_pruned_model(variant: str) -> None:
     prune.prune_mlp(model, plan["intermediate_size"], prune.mlp_importance(model, data))
     removed, _ = prune.choose_layers("angular", model, data, plan["layers_removed"])
     prune.remove_layers(model, removed)
+    prune.prune_hidden(model, plan["hidden_size"], prune.hidden_importance(model, data))
     assert prune.non_embedding_params(model) == plan["non_embedding_after"]
     assert plan["removed_fraction"] >= 0.4 and plan["intermediate_size"] % 16 == 0
+    if hidden:
+        assert plan["hidden_size"] == hidden == model.config.hidden_size
 
 
 def test_plan_target_params_and_explicit_counts() -> None:

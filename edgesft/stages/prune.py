@@ -1,6 +1,6 @@
 """Stage ``prune``: structured pruning of the merged model, then a short healing fine-tune.
 
-Only whole blocks, MLP neurons and KV groups are removed, the same amount in every layer, so the result is a
+Only whole blocks, MLP neurons, KV groups and hidden channels are removed, the same amount in every layer, so the result is a
 smaller dense model with one layer shape: llama.cpp and onnxruntime run it faster, and the GGUF/ONNX
 exporters (which assume a uniform layer config) accept it. Importance is measured on calibration rows from the
 training split (:mod:`edgesft.prune`). Healing runs the shared training loop (:func:`edgesft.training.fit`):
@@ -65,6 +65,10 @@ def apply_plan(
     if plan["intermediate_size"] < model.config.intermediate_size:
         importance = surgery.mlp_importance(model, batches)
         surgery.prune_mlp(model, plan["intermediate_size"], importance)
+    if plan["hidden_size"] < model.config.hidden_size:
+        hidden = surgery.hidden_importance(model, batches)
+        surgery.prune_hidden(model, plan["hidden_size"], hidden)
+        record["hidden_importance"] = [round(float(x), 5) for x in hidden.scores]
     return record
 
 
@@ -248,4 +252,5 @@ def pruning_plan(config: Any, p: Any) -> Any:
         mlp=p.width.mlp,
         kv_groups=p.width.kv_groups,
         multiple=p.width.multiple,
+        hidden_size=p.width.hidden_size,
     )
