@@ -158,7 +158,7 @@ def test_prune_stage_on_other_architectures(arch: str, overrides: dict[str, Any]
         eval={"max_rows": 2},
         prune={
             **PRUNE,
-            "width": {"mlp": True, "multiple": 16, "kv_groups": 1},
+            "width": {"mlp": True, "multiple": 16, "kv_groups": 1, "hidden_size": 48},
             "heal": {
                 "method": "distill",
                 "learning_rate": 3e-3,
@@ -172,6 +172,8 @@ def test_prune_stage_on_other_architectures(arch: str, overrides: dict[str, Any]
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "runs" / "t" / "prune" / "model")
     assert model.config.model_type == arch and model.config.num_hidden_layers == 3
     assert (model.config.num_key_value_heads, model.config.num_attention_heads) == (1, 2)
+    assert model.config.hidden_size == m["plan"]["hidden_size"] == 48
+    assert model.get_input_embeddings().weight.shape[1] == 48 and len(m["hidden_importance"]) == 64
     assert model.config.intermediate_size == m["plan"]["intermediate_size"]
     assert m["params_non_embedding"] == m["plan"]["non_embedding_after"] and m["removed_fraction"] >= 0.4
     if arch == "smollm3":
