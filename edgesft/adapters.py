@@ -68,3 +68,82 @@ def folded_model(
     if peft_model.peft_config["default"].is_prompt_learning:
         return peft_model.eval()  # a soft prompt cannot be folded into weights
     return peft_model.merge_and_unload().eval()
+
+
+def keep_4bit_unpacked(model: Any) -> None:
+    """Keep every bitsandbytes 4-bit layer of ``model`` on the dequantize-and-matmul path.
+
+    bitsandbytes 0.50, measured on an AVX512-BF16 CPU: a Linear4bit's first eval-mode forward (the first
+    validation pass) repacks its weights for an inference kernel and never unpacks them. Training forwards
+    after it run that kernel, which has no backward (no gradient reaches the layers below), gives other
+    outputs, and adds a bias in place (a RuntimeError for any model with biases: Qwen2, attention_bias); the
+    repacked weight is also no longer what ``dequantize_4bit`` reads.
+    """
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+
+
+def loftq_init(peft_model: Any, base: Path, adapter: str = "default") -> dict[str, float]:
+    """Start every 4-bit LoRA layer of ``peft_model`` at the best rank-r approximation of what the 4-bit
+    rounding lost: one alternating step of LoftQ (Li et al. 2023, "LoftQ: LoRA-Fine-Tuning-Aware Quantization
+    for Large Language Models"), with the base left as the loader quantized it.
+
+    For each layer, ``W - dequant(Q)`` (the original weight from ``base``'s safetensors minus the 4-bit
+    weight) is factored by SVD and its top ``r`` directions split evenly between B and A, divided by the
+    adapter's scaling so that ``scaling * B @ A`` is that approximation. Returns the Frobenius norm of the
+    rounding error over all layers before and after (``error_before``, ``error_after``) and the layer count.
+
+    Written here rather than calling peft's ``replace_lora_weights_loftq``: peft 0.21 computes on a
+    hard-coded CUDA (or XPU) device, and this tool's QLoRA path must run on a CPU too.
+    """
+    import math
+
+    import bitsandbytes.functional as bnbf
+    import torch
+    from peft.tuners.lora.bnb import Linear4bit
+    from safetensors import safe_open
+
+    from edgesft.errors import EdgesftError
+
+    files = sorted(base.glob("*.safetensors"))
+    if not files:
+        raise EdgesftError(f"train.lora.init: loftq needs the base model's safetensors in {base}")
+    where = {}
+    for f in files:
+        with safe_open(f, framework="pt") as sf:
+            where.update({k: f for k in sf.keys()})  # noqa: SIM118 - safe_open is not a mapping
+    prefix = "base_model.model."
+    before = after = 0.0
+    layers = 0
+    with torch.no_grad():
+        for name, module in peft_model.named_modules():
+            if not isinstance(module, Linear4bit) or adapter not in module.lora_A:
+                continue
+            key = name.removeprefix(prefix) + ".weight"
+            if key not in where:
+                raise EdgesftError(f"train.lora.init: loftq found no {key} in {base}'s safetensors")
+            with safe_open(where[key], framework="pt") as sf:
+                original = sf.get_tensor(key).to(torch.float32)
+            packed = module.get_base_layer().weight
+            if getattr(packed.quant_state, "packing_format_for_cpu", False):
+                raise EdgesftError(
+                    f"train.lora.init: {name} was repacked for bitsandbytes' CPU inference kernel by an "
+                    "eval-mode forward; call keep_4bit_unpacked before the first forward"
+                )
+            quantized = bnbf.dequantize_4bit(packed.data, packed.quant_state).to(torch.float32)
+            residual = original.to(quantized.device) - quantized
+            u, s, vh = torch.linalg.svd(residual, full_matrices=False)
+            r, scaling = module.r[adapter], module.scaling[adapter]
+            root = s[:r].sqrt()
+            b = u[:, :r] * root / math.sqrt(scaling)
+            a = root[:, None] * vh[:r] / math.sqrt(scaling)
+            lora_a, lora_b = module.lora_A[adapter].weight, module.lora_B[adapter].weight
+            lora_a.copy_(a.to(lora_a.dtype))
+            lora_b.copy_(b.to(lora_b.dtype))
+            before += float(residual.pow(2).sum())
+            after += float((residual - scaling * b @ a).pow(2).sum())
+            layers += 1
+    if not layers:
+        raise EdgesftError("train.lora.init: loftq found no 4-bit LoRA layer in the model")
+    return {"layers": layers, "error_before": math.sqrt(before), "error_after": math.sqrt(after)}

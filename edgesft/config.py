@@ -148,6 +148,10 @@ class LoraSection(_Section):
     rslora: bool = False
     """Rank-stabilised scaling: the update is scaled by alpha / sqrt(r) instead of alpha / r (peft's
     `use_rslora`), so a higher rank does not shrink the update's size."""
+    init: Literal["default", "loftq"] = "default"
+    """How the adapter starts. `default`: at zero (peft's: A random, B zero). `loftq` (method `qlora` only):
+    at the best rank-`r` approximation of what the 4-bit rounding of each base weight lost (LoftQ, one
+    alternating step), so the 4-bit base plus the adapter starts near the original weights."""
 
 
 class QuantSection(_Section):
@@ -750,6 +754,15 @@ def _combination_problems(recipe: Recipe) -> list[tuple[str, str]]:
         out.append(("train.tensorboard", "needs the tensorboard package: pip install tensorboard"))
     if t.method == "qlora" and importlib.util.find_spec("bitsandbytes") is None:
         out.append(("train.method", "qlora needs bitsandbytes: pip install bitsandbytes"))
+    if t.lora.init == "loftq" and t.method != "qlora":
+        out.append(
+            (
+                "train.lora.init",
+                f"loftq corrects a 4-bit base; train.method {t.method!r} has none (use qlora)",
+            )
+        )
+    if recipe.prune.heal.lora.init != "default":
+        out.append(("prune.heal.lora.init", "healing adapts a float model; only default applies"))
     if recipe.model.extra_special_tokens and t.method in ("freeze", "prompt_tuning"):
         out.append(
             (

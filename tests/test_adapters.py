@@ -38,7 +38,43 @@ def test_round_trip_matches_what_the_4bit_loader_stores() -> None:
         assert torch.equal(nf4_round_trip(w), stored.to(torch.float32))
 
 
-def test_folded_qlora_equals_peft_4bit_logits(tmp_path: Path) -> None:
+def test_loftq_starts_the_adapter_at_the_rounding_errors_top_directions() -> None:
+    """After loftq_init the 4-bit weight plus the scaled adapter is the original weight up to exactly the
+    rounding error's singular values past rank r. (Not the logits: on random weights the rounding error is
+    noise with a flat spectrum, rank 4 takes 8% of it, and bitsandbytes' CPU matmul rounds like bf16.)"""
+    import bitsandbytes as bnb
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from edgesft.adapters import keep_4bit_unpacked, loftq_init
+
+    base = resolve_model(ModelConfig(base="tiny-llama")).path
+    float_model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
+    quant = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.float32,
+    )
+    q = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, quantization_config=quant)
+    keep_4bit_unpacked(q)  # as the train stage does: an eval forward would repack the weights otherwise
+    config = LoraConfig(r=4, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear")
+    model = get_peft_model(q, config).eval()
+    errors = loftq_init(model, base)
+    assert errors["layers"] == len(quantized_linear_names(float_model))
+    assert errors["error_after"] < 0.95 * errors["error_before"]
+    module = model.base_model.model.model.layers[0].mlp.down_proj
+    packed = module.get_base_layer().weight
+    quantized = bnb.functional.dequantize_4bit(packed.data, packed.quant_state)
+    original = float_model.model.layers[0].mlp.down_proj.weight
+    with torch.no_grad():
+        delta = module.scaling["default"] * module.lora_B["default"].weight @ module.lora_A["default"].weight
+        tail = torch.linalg.svdvals(original - quantized)[4:].norm()
+        assert torch.allclose((original - quantized - delta).norm(), tail, rtol=1e-3)
+
+
+@pytest.mark.parametrize("init", ["default", "loftq"])
+def test_folded_qlora_equals_peft_4bit_logits(tmp_path: Path, init: str) -> None:
     """Folding is exact; the only gap to the 4-bit model is bitsandbytes' own CPU rounding.
 
     bitsandbytes' CPU 4-bit matmul rounds like bf16 even with a float32 compute dtype, so the 4-bit model
@@ -55,7 +91,9 @@ def test_folded_qlora_equals_peft_4bit_logits(tmp_path: Path) -> None:
     from tests.conftest import write_recipe
 
     recipe = load_recipe(
-        write_recipe(tmp_path, train={"method": "qlora", "dtype": "float32", "max_steps": 4})
+        write_recipe(
+            tmp_path, train={"method": "qlora", "dtype": "float32", "max_steps": 4, "lora": {"init": init}}
+        )
     )
     info = run_pipeline(recipe, STAGES, log=lambda _m: None)["train"]["info"]
     base, adapter = Path(info["base_model"]), tmp_path / "runs" / "t" / "train" / "adapter"

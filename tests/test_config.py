@@ -77,6 +77,18 @@ def test_stage_combination_that_cannot_work(recipe_file: Path) -> None:
     assert any("eval.max_new_tokens: must be below data.max_length" in e for e in errs)
 
 
+def test_loftq_needs_a_4bit_base(recipe_file: Path) -> None:
+    errs = _errors(recipe_file, ["train.method=lora", "train.lora.init=loftq", "prune.heal.lora.init=loftq"])
+    assert any(
+        e.startswith("override: train.lora.init: loftq corrects a 4-bit base; train.method 'lora'")
+        for e in errs
+    )
+    assert any(e.startswith("override: prune.heal.lora.init: healing adapts a float model") for e in errs)
+    assert (
+        load_recipe(recipe_file, ["train.method=qlora", "train.lora.init=loftq"]).train.lora.init == "loftq"
+    )
+
+
 def test_missing_data_file_named(recipe_file: Path) -> None:
     (err,) = _errors(recipe_file, ["data.test=missing.jsonl"])
     assert "data.test: file not found" in err and "missing.jsonl" in err

@@ -83,17 +83,21 @@ def build_qlora(base: Path, tok: Any, cfg: TrainConfig, dtype: str) -> tuple[Any
         bnb_4bit_use_double_quant=cfg.qlora.double_quant,
         bnb_4bit_compute_dtype=getattr(torch, dtype),
     )
+    from edgesft.adapters import keep_4bit_unpacked
+
     model, new_ids = _load_base(base, tok, quant)
-    # bitsandbytes 0.50, measured on an AVX512-BF16 CPU: a Linear4bit's first eval-mode forward (the first
-    # validation pass) repacks its weights for an inference kernel and never unpacks them. Training forwards
-    # after it run that kernel, which has no backward (no gradient reaches the layers below), gives other
-    # outputs, and adds a bias in place (a RuntimeError for any model with biases: Qwen2, attention_bias).
-    # Every layer stays on the dequantize-and-matmul path instead.
-    for module in model.modules():
-        if hasattr(module, "support_avx512bf16_for_cpu"):
-            module.support_avx512bf16_for_cpu = False
+    keep_4bit_unpacked(model)
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
-    return get_peft_model(model, _lora(cfg, False, new_ids)), "adapter"
+    model = get_peft_model(model, _lora(cfg, False, new_ids))
+    if cfg.lora.init == "loftq":
+        from edgesft.adapters import loftq_init
+
+        e = loftq_init(model, base)
+        print(
+            f"  loftq: {e['layers']} layers start at the rank-{cfg.lora.r} part of the 4-bit rounding error "
+            f"(Frobenius norm {e['error_before']:.3f} -> {e['error_after']:.3f})"
+        )
+    return model, "adapter"
 
 
 def _build_lora(use_dora: bool) -> Callable[[Path, Any, TrainConfig, str], tuple[Any, str]]:
