@@ -800,6 +800,21 @@ def _post_training_problems(recipe: Recipe, has_val: bool) -> list[tuple[str, st
                 "dora or freeze to get a model that merges into plain weights",
             )
         )
+    if t.method == "qlora" and t.lora.init == "loftq":
+        # The adapter starts at the 4-bit rounding error (W - Q): on the original base it would be added twice,
+        # and fusion would rescale or trim it.
+        if m.qlora_base == "original":
+            out.append(
+                ("merge.qlora_base", "a loftq adapter corrects the nf4 base; merge it into nf4 (or auto)")
+            )
+        if m.adapters or m.train_weight != 1.0:
+            out.append(
+                (
+                    "merge.adapters" if m.adapters else "merge.train_weight",
+                    "a loftq adapter carries the 4-bit rounding correction, which fusion or a weight would "
+                    "rescale; fuse adapters trained with train.lora.init: default",
+                )
+            )
     if m.adapters and t.method not in ("qlora", "lora", "dora"):
         out.append(
             ("merge.adapters", f"fusion combines LoRA adapters; train.method {t.method!r} trains no adapter")
@@ -809,11 +824,12 @@ def _post_training_problems(recipe: Recipe, has_val: bool) -> list[tuple[str, st
     if p.target_fraction is not None and p.target_params is not None:
         out.append(("prune.target_params", "give target_fraction or target_params, not both"))
     has_target = p.target_fraction is not None or p.target_params is not None
-    if not (has_target or p.depth.layers or p.width.kv_groups):
+    if not (has_target or p.depth.layers or p.width.kv_groups or p.width.hidden_size is not None):
         out.append(
             (
                 "prune.target_fraction",
-                "nothing to prune: set target_fraction, target_params, depth.layers or width.kv_groups",
+                "nothing to prune: set target_fraction, target_params, depth.layers, width.kv_groups or "
+                "width.hidden_size",
             )
         )
     if p.depth.layers is not None and p.depth.method == "none":

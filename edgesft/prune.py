@@ -980,20 +980,24 @@ def hidden_importance(model: Any, batches: list[Batch]) -> HiddenImportance:
     )
 
 
-def _hidden_size_problem(config: Any, new_size: int) -> str | None:
-    """Why transformers would refuse ``config`` at hidden size ``new_size`` (with the head size written out),
-    and the hidden sizes below the current one that it takes and that llama.cpp's k-quants take (multiples
-    of 256), on one line; None when it loads."""
+def _hidden_size_problem(config: Any, new_size: int, **changes: Any) -> str | None:
+    """Why transformers would refuse ``config`` at hidden size ``new_size`` (with the head size written out,
+    and ``changes`` such as the head counts left by KV-group pruning), and the hidden sizes below the current
+    one that it takes and that llama.cpp's k-quants take (multiples of 256), on one line; None when it
+    loads."""
     size, d = config.hidden_size, _head_dim(config)
-    if new_size == size:
+    if new_size == size and not changes:
         return None
-    why = _unloadable(config, hidden_size=new_size, head_dim=d)
+    why = _unloadable(config, hidden_size=new_size, head_dim=d, **changes)
     if why is None:
         return None
-    fits = [h for h in range(256, size, 256) if _unloadable(config, hidden_size=h, head_dim=d) is None]
+    fits = [
+        h for h in range(256, size, 256) if _unloadable(config, hidden_size=h, head_dim=d, **changes) is None
+    ]
+    heads = changes.get("num_attention_heads", config.num_attention_heads)
     return (
-        f"prune: hidden_size {new_size} gives a {config.model_type} config that transformers refuses ({why}); "
-        f"hidden sizes below {size} that it takes and that are multiples of 256: "
+        f"prune: hidden_size {new_size} with {heads} attention heads gives a {config.model_type} config that "
+        f"transformers refuses ({why}); hidden sizes below {size} that it takes and that are multiples of 256: "
         f"{', '.join(map(str, fits)) or 'none'}"
     )
 
@@ -1176,7 +1180,11 @@ def plan_pruning(
             raise EdgesftError(
                 f"prune: hidden_size must be in 1..{config.hidden_size} (the model's), got {hidden_size}"
             )
-        problem = _hidden_size_problem(config, hidden_size)
+        # the final shape, heads after KV-group pruning included, is what must load
+        kv = kv_heads - kv_groups
+        problem = _hidden_size_problem(
+            config, hidden_size, num_attention_heads=kv * per_group, num_key_value_heads=kv
+        )
         if problem:
             raise EdgesftError(problem)
     if depth_layers is not None:

@@ -95,7 +95,15 @@ def test_folded_qlora_equals_peft_4bit_logits(tmp_path: Path, init: str) -> None
             tmp_path, train={"method": "qlora", "dtype": "float32", "max_steps": 4, "lora": {"init": init}}
         )
     )
-    info = run_pipeline(recipe, STAGES, log=lambda _m: None)["train"]["info"]
+    manifests = run_pipeline(recipe, STAGES, log=lambda _m: None)
+    info = manifests["train"]["info"]
+    # A LoftQ adapter starts at W - Q: it is merged into the nf4 base only, never scored on the original one.
+    merged = manifests["merge"]["metrics"]
+    assert info["qlora"]["init"] == init
+    if init == "loftq":
+        assert merged["qlora_base"] == "nf4" and "qlora_val_loss" not in merged
+    else:
+        assert set(merged["qlora_val_loss"]) == {"original", "nf4"}
     base, adapter = Path(info["base_model"]), tmp_path / "runs" / "t" / "train" / "adapter"
     ids = torch.tensor([[1, 4093, 198, 6004, 2, 198, 1, 520, 9531, 198]])
 

@@ -89,6 +89,22 @@ def test_loftq_needs_a_4bit_base(recipe_file: Path) -> None:
     )
 
 
+def test_a_loftq_adapter_merges_into_the_nf4_base_only(recipe_file: Path) -> None:
+    errs = _errors(recipe_file, ["train.method=qlora", "train.lora.init=loftq", "merge.qlora_base=original"])
+    assert any(
+        e.startswith("override: merge.qlora_base: a loftq adapter corrects the nf4 base") for e in errs
+    )
+    errs = _errors(recipe_file, ["train.method=qlora", "train.lora.init=loftq", "merge.train_weight=0.5"])
+    assert any(e.startswith("override: merge.train_weight: a loftq adapter carries") for e in errs)
+
+
+def test_hidden_size_alone_is_something_to_prune(recipe_file: Path) -> None:
+    overrides = ["prune.enabled=true", "prune.width.mlp=false"]
+    assert any("nothing to prune" in e for e in _errors(recipe_file, overrides))
+    recipe = load_recipe(recipe_file, [*overrides, "prune.width.hidden_size=48"])
+    assert recipe.prune.width.hidden_size == 48
+
+
 def test_missing_data_file_named(recipe_file: Path) -> None:
     (err,) = _errors(recipe_file, ["data.test=missing.jsonl"])
     assert "data.test: file not found" in err and "missing.jsonl" in err

@@ -413,10 +413,17 @@ def test_hidden_pruning_rescales_norms_to_what_the_kept_channels_had() -> None:
 
 def test_hidden_pruning_refuses_sizes_transformers_cannot_load() -> None:
     # SmolLM2-135M: 9 heads; Llama configs need a hidden size that is a multiple of the head count.
-    with pytest.raises(EdgesftError, match=r"hidden_size 512 gives a llama config .*multiples of 256: none"):
+    with pytest.raises(
+        EdgesftError,
+        match=r"hidden_size 512 with 9 attention heads gives a llama config .*multiples of 256: none",
+    ):
         prune.plan_pruning(smollm2_135m_config(), target_fraction=0.25, mlp=True, hidden_size=512)
+    # The heads left by KV-group pruning are what the hidden size must divide: 513 = 9 x 57, not a multiple of 6.
+    with pytest.raises(EdgesftError, match=r"hidden_size 513 with 6 attention heads"):
+        prune.plan_pruning(smollm2_135m_config(), kv_groups=1, hidden_size=513)
+    assert prune.plan_pruning(smollm2_135m_config(), kv_groups=1, hidden_size=570)["hidden_size"] == 570
     model = tiny("llama")
-    with pytest.raises(EdgesftError, match=r"hidden_size 50 gives a llama config"):
+    with pytest.raises(EdgesftError, match=r"hidden_size 50 with 4 attention heads gives a llama config"):
         prune.prune_hidden(model, 50, prune.hidden_importance(model, batches()))
     with pytest.raises(EdgesftError, match=r"hidden_size must be in 1\.\.64"):
         prune.plan_pruning(model.config, hidden_size=80)

@@ -129,6 +129,8 @@ def run(recipe: Recipe, inputs: StageInputs, out_dir: Path) -> StageResult:
         choices = ["original", "nf4"] if m.qlora_base == "auto" else [m.qlora_base]
         if qlora is None:
             choices = ["original"]
+        elif qlora.get("init") == "loftq":
+            choices = ["nf4"]  # the adapter starts at W - Q: on the original weights it would count twice
         val_rows = load_rows(data_dir / "val.jsonl")
         if len(choices) > 1 and not val_rows:
             raise EdgesftError("merge.qlora_base: auto needs a validation split; set original or nf4")

@@ -269,7 +269,7 @@ def run(recipe: Recipe, inputs: StageInputs, out_dir: Path) -> StageResult:
 
 def qlora_settings(cfg: TrainConfig) -> dict[str, Any] | None:
     """The 4-bit settings a QLoRA adapter was trained against (None for other methods)."""
-    return cfg.qlora.model_dump() if cfg.method == "qlora" else None
+    return {**cfg.qlora.model_dump(), "init": cfg.lora.init} if cfg.method == "qlora" else None
 
 
 def _base_quality(
