@@ -148,6 +148,11 @@ class LoraSection(_Section):
     rslora: bool = False
     """Rank-stabilised scaling: the update is scaled by alpha / sqrt(r) instead of alpha / r (peft's
     `use_rslora`), so a higher rank does not shrink the update's size."""
+
+
+class TrainLoraSection(LoraSection):
+    """LoRA/DoRA adapter shape and start (methods `qlora`, `lora`, `dora`)."""
+
     init: Literal["default", "loftq"] = "default"
     """How the adapter starts. `default`: at zero (peft's: A random, B zero). `loftq` (method `qlora` only):
     at the best rank-`r` approximation of what the 4-bit rounding of each base weight lost (LoftQ, one
@@ -181,7 +186,7 @@ class TrainConfig(_Section):
     method: Literal["qlora", "lora", "dora", "full", "freeze", "prompt_tuning", "output_layer"] = "qlora"
     """`qlora` (LoRA on a 4-bit nf4 base), `lora`, `dora`, `full`, `freeze` (only the top blocks train),
     `prompt_tuning` (soft prompt), `output_layer` (LM head and final norm only)."""
-    lora: LoraSection = Field(default_factory=lambda: LoraSection())
+    lora: TrainLoraSection = Field(default_factory=lambda: TrainLoraSection())
     """Adapter shape for qlora/lora/dora."""
     qlora: QuantSection = Field(default_factory=lambda: QuantSection())
     """4-bit base settings for qlora."""
@@ -761,8 +766,6 @@ def _combination_problems(recipe: Recipe) -> list[tuple[str, str]]:
                 f"loftq corrects a 4-bit base; train.method {t.method!r} has none (use qlora)",
             )
         )
-    if recipe.prune.heal.lora.init != "default":
-        out.append(("prune.heal.lora.init", "healing adapts a float model; only default applies"))
     if recipe.model.extra_special_tokens and t.method in ("freeze", "prompt_tuning"):
         out.append(
             (

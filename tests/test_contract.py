@@ -60,12 +60,13 @@ UNCHANGEABLE: dict[str, set[str]] = {
     # adapters name files; target_fraction is set (target_params excludes it); without the MLP nothing fills
     # the target
     "recipes/ci-smoke.yaml": {"merge.adapters", "prune.target_params", "prune.width.mlp"},
-    # and freeze tuning cannot take new tokens
+    # and freeze tuning cannot take new tokens, nor start an adapter it does not train from LoftQ
     "recipes/phone.yaml": {
         "merge.adapters",
         "prune.target_params",
         "prune.width.mlp",
         "model.extra_special_tokens",
+        "train.lora.init",
     },
 }
 
