@@ -98,6 +98,7 @@ def loftq_init(peft_model: Any, base: Path, adapter: str = "default") -> dict[st
     hard-coded CUDA (or XPU) device, and this tool's QLoRA path must run on a CPU too.
     """
     import math
+    from contextlib import ExitStack
 
     import bitsandbytes.functional as bnbf
     import torch
@@ -109,22 +110,22 @@ def loftq_init(peft_model: Any, base: Path, adapter: str = "default") -> dict[st
     files = sorted(base.glob("*.safetensors"))
     if not files:
         raise EdgesftError(f"train.lora.init: loftq needs the base model's safetensors in {base}")
-    where = {}
-    for f in files:
-        with safe_open(f, framework="pt") as sf:
-            where.update({k: f for k in sf.keys()})  # noqa: SIM118 - safe_open is not a mapping
     prefix = "base_model.model."
     before = after = 0.0
     layers = 0
-    with torch.no_grad():
+    with ExitStack() as stack, torch.no_grad():
+        # each file opened once, its tensors read lazily by name
+        where = {}
+        for f in files:
+            sf = stack.enter_context(safe_open(f, framework="pt"))
+            where.update({k: sf for k in sf.keys()})  # noqa: SIM118 - safe_open is not a mapping
         for name, module in peft_model.named_modules():
             if not isinstance(module, Linear4bit) or adapter not in module.lora_A:
                 continue
             key = name.removeprefix(prefix) + ".weight"
             if key not in where:
                 raise EdgesftError(f"train.lora.init: loftq found no {key} in {base}'s safetensors")
-            with safe_open(where[key], framework="pt") as sf:
-                original = sf.get_tensor(key).to(torch.float32)
+            original = where[key].get_tensor(key).to(torch.float32)
             packed = module.get_base_layer().weight
             if getattr(packed.quant_state, "packing_format_for_cpu", False):
                 raise EdgesftError(

@@ -1053,9 +1053,8 @@ def prune_hidden(model: Any, new_size: int, importance: HiddenImportance) -> Non
     keep = _top_sorted(scores, new_size)
     embed, head = model.get_input_embeddings(), model.get_output_embeddings()
     tied = head is not None and head.weight is embed.weight
-    embed_factor = 1.0
-    if getattr(embed, "embed_scale", None) is not None:
-        embed_factor = math.sqrt(size / new_size)
+    scaled = getattr(embed, "embed_scale", None) is not None  # Gemma's sqrt(hidden_size) embedding scale
+    embed_factor = math.sqrt(size / new_size) if scaled else 1.0
 
     for name, norm in norms.items():
         energy = importance.energy[name].double()
@@ -1077,7 +1076,7 @@ def prune_hidden(model: Any, new_size: int, importance: HiddenImportance) -> Non
         w = embed.weight.index_select(1, keep.to(embed.weight.device)) * embed_factor
         embed.weight = torch.nn.Parameter(w, requires_grad=embed.weight.requires_grad)
         embed.embedding_dim = new_size
-        if getattr(embed, "embed_scale", None) is not None:
+        if scaled:
             embed.embed_scale.fill_(new_size**0.5)
             if hasattr(embed, "scalar_embed_scale"):
                 embed.scalar_embed_scale = new_size**0.5
@@ -1159,6 +1158,7 @@ def plan_pruning(
     if heads % kv_heads:
         raise EdgesftError(f"prune: {heads} attention heads do not divide into {kv_heads} KV heads")
     per_group = heads // kv_heads
+    kv_after = kv_heads - kv_groups
     count = _non_embedding_formula(config)
     before = count(n_layers, size, kv_heads)
 
@@ -1181,9 +1181,8 @@ def plan_pruning(
                 f"prune: hidden_size must be in 1..{config.hidden_size} (the model's), got {hidden_size}"
             )
         # the final shape, heads after KV-group pruning included, is what must load
-        kv = kv_heads - kv_groups
         problem = _hidden_size_problem(
-            config, hidden_size, num_attention_heads=kv * per_group, num_key_value_heads=kv
+            config, hidden_size, num_attention_heads=kv_after * per_group, num_key_value_heads=kv_after
         )
         if problem:
             raise EdgesftError(problem)
@@ -1218,7 +1217,6 @@ def plan_pruning(
         )
 
     layers_removed = depth_layers or 0
-    kv_after = kv_heads - kv_groups
     hidden = config.hidden_size if hidden_size is None else hidden_size
     width = size
     after = count(n_layers - layers_removed, width, kv_after, hidden)
